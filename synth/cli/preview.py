@@ -1,0 +1,28 @@
+"""`synth preview DIR [-n 16] [-o FILE]`: contact sheet PNG of a dataset's first samples."""
+
+import argparse
+import logging
+from pathlib import Path
+
+from synth.errors import SynthError
+
+log = logging.getLogger(__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    parser = argparse.ArgumentParser(prog="synth preview", description=__doc__)
+    parser.add_argument("dataset_dir", type=Path, help="a synth dataset directory")
+    parser.add_argument("-n", "--num", type=int, default=16, help="samples to show (default 16)")
+    parser.add_argument("-o", "--out", type=Path, default=None, help="output PNG (default DIR/preview.png)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.dataset_dir.is_dir():
+        raise SynthError(f"{args.dataset_dir} is not a directory; give a synth dataset directory")
+    if not 1 <= args.num <= 256:
+        raise SynthError(f"-n {args.num} must be in [1, 256]")
+    from synth.pipeline.preview import write_preview
+
+    out = write_preview(args.dataset_dir, args.out or args.dataset_dir / "preview.png", args.num)
+    sys.stdout.write(f"{out}\n")
+    return 0

@@ -1,0 +1,184 @@
+"""Ray Data execution of the shard workers: the one module of synth that imports Ray.
+
+The dataset is the list of missing shards (one row per shard, one block per row). Each row flows through
+
+- diffusion off: `_write_shards`, a CPU task that runs geometry + render + write for its shard and
+  returns a small summary row. No image leaves the worker, so the object store only ever holds summaries
+  and memory stays flat however long the run.
+- diffusion on: `_geometry_shards` (CPU tasks) returns the shard's columns packed into ONE row (so a
+  shard is never split across blocks), then `_DiffuseAndWrite`, a pool of actors holding the diffusion
+  pipeline (`num_gpus` each when the cluster has GPUs), adds the images and writes the shard. Ray Data's
+  streaming executor backpressures the CPU tasks when the object store budget is used up.
+
+CPU workers are Ray tasks; each worker process keeps its loaded stages in `_PIPELINES` (keyed by the run
+fingerprint), so the model loads once per process, not once per shard. `ray.init` starts an embedded
+local Ray with the machine's CPUs and an explicit object store size unless `runtime.address` or
+$RAY_ADDRESS names a cluster.
+"""
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import ray
+
+from synth.pipeline.plan import ShardUnit
+from synth.pipeline.stages import (
+    DiffusionWorker,
+    GeometryWorker,
+    ShardPipeline,
+    ShardResult,
+    ShardWriter,
+    WorkerSpec,
+)
+
+log = logging.getLogger(__name__)
+
+_PIPELINES: dict[tuple[str, str], Any] = {}
+
+
+def _cached(kind: str, spec: WorkerSpec, make: Callable[[WorkerSpec], Any]) -> Any:
+    """A per-process cache of loaded workers (Ray reuses worker processes across tasks)."""
+    key = (kind, repr(spec))
+    if key not in _PIPELINES:
+        _PIPELINES.clear()
+        _set_threads(spec)
+        _PIPELINES[key] = make(spec)
+    return _PIPELINES[key]
+
+
+def _set_threads(spec: WorkerSpec) -> None:
+    import torch
+
+    threads = spec.cfg.runtime.threads_per_worker
+    if threads == 0:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+
+
+def _unit(batch: dict[str, np.ndarray], row: int = 0) -> ShardUnit:
+    return ShardUnit(int(batch["shard_id"][row]), int(batch["start"][row]), int(batch["stop"][row]))
+
+
+def _summary(result: ShardResult) -> dict[str, np.ndarray]:
+    return {"summary": np.array([json.dumps(result.__dict__)])}
+
+
+def _write_shards(batch: dict[str, np.ndarray], spec: WorkerSpec) -> dict[str, np.ndarray]:
+    pipeline = _cached("pipeline", spec, ShardPipeline)
+    return _summary(pipeline(_unit(batch)))
+
+
+def _geometry_shards(batch: dict[str, np.ndarray], spec: WorkerSpec) -> dict[str, Any]:
+    geometry = _cached("geometry", spec, GeometryWorker)
+    unit = _unit(batch)
+    columns, seconds = geometry(unit)
+    return pack(unit, columns, seconds)
+
+
+class _DiffuseAndWrite:
+    """Actor: the diffusion pipeline (loaded once) and the shard writer."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.diffusion = DiffusionWorker(spec)
+        self.writer = ShardWriter(spec)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        unit, columns, seconds = unpack(batch)
+        columns, seconds["diffusion"] = self.diffusion(columns)
+        result = self.writer(unit, columns)
+        result.seconds = {**seconds, **result.seconds}
+        return _summary(result)
+
+
+def pack(unit: ShardUnit, columns: dict[str, Any], seconds: dict[str, float]) -> dict[str, Any]:
+    """A shard's columns as a one-row batch: arrays gain a leading axis of 1, string lists go to JSON."""
+    row: dict[str, Any] = {"shard_id": np.array([unit.shard_id]), "start": np.array([unit.start])}
+    row["stop"] = np.array([unit.stop])
+    strings = {k: v for k, v in columns.items() if isinstance(v, list)}
+    row["strings_json"] = np.array([json.dumps({**strings, "_seconds": seconds})])
+    for key, value in columns.items():
+        if isinstance(value, np.ndarray):
+            row[f"col_{key}"] = value[None]
+    return row
+
+
+def unpack(batch: dict[str, Any]) -> tuple[ShardUnit, dict[str, Any], dict[str, float]]:
+    """The inverse of `pack` (one-row batch)."""
+    strings = json.loads(str(batch["strings_json"][0]))
+    seconds = strings.pop("_seconds")
+    columns: dict[str, Any] = dict(strings)
+    for key, value in batch.items():
+        if key.startswith("col_"):
+            columns[key.removeprefix("col_")] = np.asarray(value[0])
+    return _unit(batch), columns, seconds
+
+
+def init_ray(spec: WorkerSpec) -> bool:
+    """Connect to the cluster (`runtime.address` or $RAY_ADDRESS) or start an embedded Ray.
+
+    Returns True when this call started Ray (and the caller should shut it down).
+    """
+    if ray.is_initialized():
+        return False
+    runtime = spec.cfg.runtime
+    address = runtime.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        log.info("joined the Ray cluster at %s: %s", address, ray.cluster_resources())
+    else:
+        ray.init(
+            num_cpus=os.cpu_count(),
+            object_store_memory=runtime.object_store_mb * 2**20,
+            include_dashboard=False,
+            log_to_driver=True,
+            logging_level=logging.WARNING,
+        )
+    return True
+
+
+def run_ray(spec: WorkerSpec, units: list[ShardUnit], on_shard: Callable[[ShardResult], None]) -> None:
+    """Run the shard workers over `units` with Ray Data; `on_shard` gets each result as it completes."""
+    started = init_ray(spec)
+    try:
+        _run(spec, units, on_shard)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run(spec: WorkerSpec, units: list[ShardUnit], on_shard: Callable[[ShardResult], None]) -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # synth's own bar counts samples
+    ctx.execution_options.preserve_order = False
+    runtime = spec.cfg.runtime
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    workers = runtime.num_workers or cpus
+    rows = [{"shard_id": u.shard_id, "start": u.start, "stop": u.stop} for u in units]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+    if not spec.cfg.diffusion.enabled:
+        ds = ds.map_batches(
+            _write_shards, fn_kwargs={"spec": spec}, batch_size=1, num_cpus=1, concurrency=workers
+        )
+    else:
+        gpus = runtime.diffusion_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
+        if not gpus:  # CPU diffusion actors hold a CPU each: leave them room or the pipeline stalls
+            workers = max(1, min(workers, cpus - runtime.diffusion_workers))
+        ds = ds.map_batches(
+            _geometry_shards, fn_kwargs={"spec": spec}, batch_size=1, num_cpus=1, concurrency=workers
+        )
+        ds = ds.map_batches(
+            _DiffuseAndWrite,
+            fn_constructor_kwargs={"spec": spec},
+            batch_size=1,
+            num_cpus=0 if gpus else 1,
+            num_gpus=gpus,
+            concurrency=runtime.diffusion_workers,
+        )
+    log.info("ray: %d shards on %d CPU workers (cluster: %s)", len(units), workers, ray.cluster_resources())
+    for row in ds.iter_rows():
+        on_shard(ShardResult(**json.loads(str(row["summary"]))))

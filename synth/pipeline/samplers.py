@@ -1,0 +1,260 @@
+"""Samplers: global sample index -> that sample's latent plan, from (seed, index, config) alone.
+
+A sampler never sees a batch's other samples: every random draw comes from a stream keyed by the sample
+index or by its group (`synth.seeding`), so sample i is the same whatever the batch size, worker count
+or resume history.
+
+Groups. Each sample belongs to an identity group: the samples that share an identity draw (identity_sets:
+one identity and its expressions; interpolation: one sequence; random / au: the sample alone). The train /
+val / test split is a function of (seed, group) only (`assign_splits`), so splits are identity-disjoint:
+two samples that share an identity draw share a group and hence a split. The split draw is a uniform
+u = numpy_rng(seed, group, Stage.SPLIT).random(); u < train -> "train", u < train + val -> "val", else
+"test" (so split sizes are binomial around the fractions).
+
+Latent space. `z_id`, `z_ex` are the flows' Gaussian latents (BabyFlow section 4.4); temperature scales
+them and truncation projects them onto the rho-confidence sphere (eq. 24, `FaceModel`'s `truncate`). The
+random sampler draws exactly what `FaceModel.sample(n, seed)` draws (stream Stage.LATENT of the index), so
+sample i of a dataset is `FaceModel.sample_indices([i], seed)`; the other samplers use Stage.SAMPLER
+streams keyed by index or group. Expressions can also
+be given as a mixture over the model's catalogue expressions (`expr_weights`): the pipeline turns it into
+w_ex = w_neutral + sum_e weight_e (W_ex[e] - w_neutral), so the mesh is the neutral face plus the weighted
+expression deltas of that identity (the bilinear model is linear in w_ex): weight 1 is the catalogue
+expression, > 1 extrapolates along it (3DFaceCAM), 0 is neutral.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from synth.errors import SynthError
+from synth.facemodel.model import truncate
+from synth.pipeline.config import InterpolationMode, SamplerConfig, SamplerKind, SplitConfig
+from synth.seeding import Stage, numpy_rng, torch_generator
+
+SPLITS = ("train", "val", "test")
+
+# Extra ids of the sampler's random streams (the `extra` argument of `synth.seeding`); never renumber.
+_ID_STREAM = 0
+_EX_STREAM = 1
+_END_ID_STREAM = 2  # interpolation: the second endpoint's identity
+_END_EX_STREAM = 3  # interpolation: the second endpoint's expression
+_AU_STREAM = 4  # au sampler: random AU choice and intensities
+
+
+@dataclass(frozen=True)
+class LatentSpace:
+    """What a sampler needs to know about the face model.
+
+    dim_id, dim_ex: latent dimensions of the identity / expression flows.
+    expression_names: the model's catalogue expressions (index 0 is "neutral").
+    au_names: the A action-unit names.
+    expression_aus: (n_ex, A) nominal AU intensities of each catalogue expression.
+    """
+
+    dim_id: int
+    dim_ex: int
+    expression_names: tuple[str, ...]
+    au_names: tuple[str, ...]
+    expression_aus: np.ndarray
+
+    def single_au_expressions(self) -> dict[str, int]:
+        """AU name -> index of the catalogue expression that activates exactly that AU (and nothing else)."""
+        found: dict[str, int] = {}
+        for e, row in enumerate(np.asarray(self.expression_aus)):
+            active = np.flatnonzero(row > 0)
+            if len(active) == 1:
+                found.setdefault(self.au_names[active[0]], e)
+        return found
+
+
+@dataclass(frozen=True)
+class LatentPlan:
+    """The latents chosen for a batch of samples (B rows).
+
+    index: (B,) int64 global sample indices.
+    group: (B,) int64 identity group keys (splits and identity ids derive from them).
+    step: (B,) int64 position inside the group (0 for samplers without groups).
+    z_id: (B, dim_id) float32 identity latents.
+    z_ex: (B, dim_ex) float32 expression latents (ignored where `use_catalogue`).
+    use_catalogue: (B,) bool: the expression is `expr_weights` over the catalogue, not `z_ex`.
+    expr_weights: (B, n_ex) float32 catalogue mixture weights (zero rows where not `use_catalogue`).
+    expression: B labels ("sampled", a catalogue name, "AU12:1.50+AU6:0.80", "interp:joint:0.250").
+    """
+
+    index: np.ndarray
+    group: np.ndarray
+    step: np.ndarray
+    z_id: np.ndarray
+    z_ex: np.ndarray
+    use_catalogue: np.ndarray
+    expr_weights: np.ndarray
+    expression: list[str]
+
+
+class Sampler:
+    """Maps global sample indices to `LatentPlan`s; one instance per run (seed, config, model)."""
+
+    def __init__(self, cfg: SamplerConfig, seed: int, space: LatentSpace):
+        self.cfg = cfg
+        self.seed = seed
+        self.space = space
+        self._targets = self._resolve_targets() if cfg.kind is SamplerKind.au else {}
+        self._expressions = [self._expression_index(n, "sampler.expressions") for n in cfg.expressions]
+        self._au_pool = self._resolve_au_pool() if cfg.kind is SamplerKind.au and not cfg.targets else []
+
+    # ---- configuration checks against the model (front-loaded: called from __init__) ----
+
+    def _expression_index(self, name: str, key: str) -> int:
+        names = self.space.expression_names
+        if name not in names:
+            raise SynthError(
+                f"{key}: expression {name!r} is not in the model's catalogue; use one of "
+                f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''} ({len(names)} in all)"
+            )
+        return names.index(name)
+
+    def _resolve_targets(self) -> dict[str, int]:
+        singles = self.space.single_au_expressions()
+        resolved = {}
+        for name in self.cfg.targets:
+            if name in self.space.expression_names:
+                resolved[name] = self.space.expression_names.index(name)
+            elif name in singles:
+                resolved[name] = singles[name]
+            else:
+                raise SynthError(
+                    f"sampler.targets.{name}: not an expression or a single-AU expression of the model; "
+                    f"AUs available: {', '.join(sorted(singles)) or 'none'}; "
+                    f"or use an expression name (e.g. {', '.join(self.space.expression_names[1:4])})"
+                )
+        return resolved
+
+    def _resolve_au_pool(self) -> list[tuple[str, int]]:
+        singles = self.space.single_au_expressions()
+        names = self.cfg.au_pool or sorted(singles)
+        missing = [n for n in names if n not in singles]
+        if missing:
+            raise SynthError(
+                f"sampler.au_pool: {missing} have no single-AU expression in the model; "
+                f"available: {', '.join(sorted(singles)) or 'none'}"
+            )
+        if len(names) < self.cfg.num_random_aus:
+            raise SynthError(
+                f"sampler.num_random_aus={self.cfg.num_random_aus} exceeds the {len(names)} AUs available "
+                f"({', '.join(names)}); lower it or widen sampler.au_pool"
+            )
+        return [(n, singles[n]) for n in names]
+
+    # ---- draws ----
+
+    def _normal(self, key: int, stream: int, dim: int) -> np.ndarray:
+        """A (dim,) float32 N(0, T^2 I) draw of one sampler stream, truncated when configured."""
+        z = torch.randn(1, dim, generator=torch_generator(self.seed, key, Stage.SAMPLER, stream))
+        return self._shape(z)[0]
+
+    def _shape(self, z: torch.Tensor) -> np.ndarray:
+        """Temperature, then the truncation of BabyFlow eq. 24 (as `FaceModel.sample` does)."""
+        z = z * self.cfg.temperature
+        if self.cfg.truncation is not None:
+            z = truncate(z, self.cfg.truncation)
+        return z.numpy().astype(np.float32)
+
+    def _prior_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(z_id, z_ex) of sample `index` exactly as `FaceModel.sample_indices([index], seed)` draws them."""
+        gen = torch_generator(self.seed, index, Stage.LATENT)
+        z_id = torch.randn(1, self.space.dim_id, generator=gen)
+        z_ex = torch.randn(1, self.space.dim_ex, generator=gen)
+        return self._shape(z_id)[0], self._shape(z_ex)[0]
+
+    def _z_id(self, key: int, stream: int = _ID_STREAM) -> np.ndarray:
+        return self._normal(key, stream, self.space.dim_id)
+
+    def _z_ex(self, key: int, stream: int = _EX_STREAM) -> np.ndarray:
+        return self._normal(key, stream, self.space.dim_ex)
+
+    # ---- the plan ----
+
+    def group_of(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(group, step) of each global index."""
+        indices = np.asarray(indices, dtype=np.int64)
+        size = {
+            SamplerKind.identity_sets: self.cfg.expressions_per_identity + 1,
+            SamplerKind.interpolation: self.cfg.steps,
+        }.get(self.cfg.kind, 1)
+        return indices // size, indices % size
+
+    def plan(self, indices: np.ndarray) -> LatentPlan:
+        """The latents of the samples `indices` ((B,) int, any order, any subset of the run)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        groups, steps = self.group_of(indices)
+        n_ex = len(self.space.expression_names)
+        b = len(indices)
+        z_id = np.zeros((b, self.space.dim_id), np.float32)
+        z_ex = np.zeros((b, self.space.dim_ex), np.float32)
+        use_cat = np.zeros(b, bool)
+        weights = np.zeros((b, n_ex), np.float32)
+        labels: list[str] = []
+        for row, (i, g, s) in enumerate(zip(indices.tolist(), groups.tolist(), steps.tolist(), strict=True)):
+            kind = self.cfg.kind
+            if kind is SamplerKind.random:
+                z_id[row], z_ex[row] = self._prior_pair(i)
+                labels.append("sampled")
+            elif kind is SamplerKind.au:
+                z_id[row] = self._z_id(i)
+                use_cat[row] = True
+                labels.append(self._au_expression(i, weights[row]))
+            elif kind is SamplerKind.identity_sets:
+                z_id[row] = self._z_id(g)
+                if s == 0:
+                    use_cat[row] = True  # all-zero weights: the neutral twin
+                    labels.append("neutral")
+                elif self._expressions:
+                    e = self._expressions[(s - 1) % len(self._expressions)]
+                    use_cat[row] = True
+                    weights[row, e] = 1.0
+                    labels.append(self.space.expression_names[e])
+                else:
+                    z_ex[row] = self._z_ex(i)
+                    labels.append("sampled")
+            else:
+                t = s / (self.cfg.steps - 1)
+                z_id[row], z_ex[row] = self._interpolate(g, t)
+                labels.append(f"interp:{self.cfg.mode.value}:{t:.3f}")
+        return LatentPlan(indices, groups, steps, z_id, z_ex, use_cat, weights, labels)
+
+    def _au_expression(self, index: int, weights: np.ndarray) -> str:
+        """Fill `weights` (n_ex,) for sample `index` of the au sampler; return its label."""
+        if self._targets:
+            parts = []
+            for name, e in self._targets.items():
+                weights[e] += self.cfg.targets[name]
+                parts.append(f"{name}:{self.cfg.targets[name]:.2f}")
+            return "+".join(parts)
+        rng = numpy_rng(self.seed, index, Stage.SAMPLER, _AU_STREAM)
+        chosen = rng.choice(len(self._au_pool), size=self.cfg.num_random_aus, replace=False)
+        values = rng.uniform(self.cfg.intensity_min, self.cfg.intensity_max, size=len(chosen))
+        parts = []
+        for c, v in zip(sorted(chosen.tolist()), values.tolist(), strict=True):
+            name, e = self._au_pool[c]
+            weights[e] += v
+            parts.append(f"{name}:{v:.2f}")
+        return "+".join(parts)
+
+    def _interpolate(self, group: int, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """Latents at position t in [0, 1] of sequence `group` (BabyFlow eq. 23: linear in z)."""
+        id_a, ex_a = self._z_id(group), self._z_ex(group)
+        id_b = (
+            self._z_id(group, _END_ID_STREAM) if self.cfg.mode is not InterpolationMode.expression else id_a
+        )
+        ex_b = self._z_ex(group, _END_EX_STREAM) if self.cfg.mode is not InterpolationMode.identity else ex_a
+        return (1 - t) * id_a + t * id_b, (1 - t) * ex_a + t * ex_b
+
+
+def assign_splits(seed: int, groups: np.ndarray, splits: SplitConfig) -> list[str]:
+    """The split of each identity group: a function of (seed, group) only, hence identity-disjoint."""
+    out = []
+    for g in np.asarray(groups, dtype=np.int64).tolist():
+        u = numpy_rng(seed, g, Stage.SPLIT).random()
+        out.append("train" if u < splits.train else "val" if u < splits.train + splits.val else "test")
+    return out

@@ -1,0 +1,341 @@
+"""The pipeline's stages as plain classes over batches, and the shard workers that chain them. No Ray here.
+
+Data flow of one shard (global indices [start, stop)), in micro-batches of `runtime.batch_size`:
+
+    GeometryStage   index -> sampler plan -> z, w (flows) -> mesh (bilinear) -> au, lmk3d, split   (facemodel)
+    RenderStage     mesh, lmk3d -> camera, light, depth, normal, mask, shaded, canny, lmk2d         (render)
+    DiffusionStage  depth, canny -> rgb, prompt, ethnicity, diffusion_seed  (when enabled)       (diffusion)
+    ShardWriter     columns -> one sample dict per index -> shard tar + index part                 (records)
+
+Batch-size independence. Batched float kernels (BLAS gemm vs gemv, blocked reductions) may round a row
+differently depending on how many rows share the call. So `GeometryStage` always evaluates the model on
+whole blocks of `LATENT_BLOCK` consecutive global indices aligned at multiples of `LATENT_BLOCK` and keeps
+the rows asked for: every sample's latents, mesh and labels are computed in the same call shape with the
+same neighbours whatever the micro-batch, shard boundaries, worker count or resume history. The render
+stage is per-pixel and per-sample seeded, so it needs no such care.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synth.pipeline.config import GenerateConfig
+from synth.pipeline.plan import ShardUnit
+from synth.pipeline.samplers import LatentSpace, Sampler, assign_splits
+
+log = logging.getLogger(__name__)
+
+LATENT_BLOCK = 16
+"""Global indices are evaluated by the face model in aligned blocks of this many (see module doc)."""
+
+Batch = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to rebuild the stages on its own process or machine (picklable)."""
+
+    cfg: GenerateConfig
+    model_dir: str
+    output_dir: str
+    model_id: str
+
+
+@dataclass
+class ShardResult:
+    """What a worker reports for one written shard."""
+
+    shard_id: int
+    num_samples: int
+    bytes: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def latent_space(model: Any) -> LatentSpace:
+    """The sampler's view of a `FaceModel`."""
+    return LatentSpace(
+        dim_id=int(model.dim_z_id),
+        dim_ex=int(model.dim_z_ex),
+        expression_names=tuple(model.expression_names),
+        au_names=tuple(model.au_names),
+        expression_aus=_numpy(model.expression_aus).astype(np.float32),
+    )
+
+
+def sampler_for(cfg: GenerateConfig, model: Any) -> Sampler:
+    """The run's sampler; raises SynthError when the config asks for what the model does not have."""
+    return Sampler(cfg.sampler, cfg.seed, latent_space(model))
+
+
+@lru_cache(maxsize=4)
+def _faces_landmarks(faces_bytes: bytes, shape: tuple[int, int]) -> Any:
+    from synth.facemodel.landmarks import faces_hash, load_anny_head_landmarks
+
+    faces = np.frombuffer(faces_bytes, dtype=np.int64).reshape(shape)
+    definition = load_anny_head_landmarks()
+    return definition if faces_hash(faces) == definition.faces_sha256 else None
+
+
+def landmark_definition(model: Any) -> Any:
+    """The landmark definition for the model's topology, or None when there is none for it."""
+    faces = np.ascontiguousarray(_numpy(model.faces), dtype=np.int64)
+    return _faces_landmarks(faces.tobytes(), faces.shape)
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _concat(parts: list[Batch]) -> Batch:
+    """Concatenate micro-batch dicts column by column (arrays on axis 0, lists by extension)."""
+    out: Batch = {}
+    for key in parts[0]:
+        values = [p[key] for p in parts]
+        out[key] = np.concatenate(values) if isinstance(values[0], np.ndarray) else list(chain(*values))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- stages
+
+
+class GeometryStage:
+    """index (B,) -> latents, mesh, AU intensities, 3D landmarks, identity group, split, expression label.
+
+    Adds: "z_id" (B, Zi), "z_ex" (B, Ze), "w_id" (B, I), "w_ex" (B, E) float32; "vertices" (B, N, 3)
+    float32 metres; "au" (B, A) float32 in [0, 1]; "lmk3d" (B, L, 3) float32 metres (L = 0 without a
+    landmark definition for the topology); "identity_id" (B,) int64; "step" (B,) int64; "split",
+    "expression": lists of B str.
+    """
+
+    def __init__(self, model: Any, cfg: GenerateConfig):
+        from synth.facemodel.au_labels import ModelAuLabeler
+
+        self.model = model
+        self.cfg = cfg
+        self.sampler = sampler_for(cfg, model)
+        self.landmarks = landmark_definition(model)
+        self.faces = np.asarray(_numpy(model.faces), dtype=np.int64)
+        self.au_labeler = ModelAuLabeler(model)
+        self._cache: dict[int, Batch] = {}
+
+    def __call__(self, batch: Batch) -> Batch:
+        index = np.asarray(batch["index"], dtype=np.int64)
+        blocks = sorted(set((index // LATENT_BLOCK).tolist()))
+        computed = {b: self._cache.get(b) or self._block(b) for b in blocks}
+        self._cache = {blocks[-1]: computed[blocks[-1]]}  # consecutive micro-batches share a block edge
+        rows = []
+        for i in index.tolist():
+            block = computed[i // LATENT_BLOCK]
+            rows.append({k: v[i % LATENT_BLOCK] for k, v in block.items()})
+        out = dict(batch)
+        for key in rows[0]:
+            values = [r[key] for r in rows]
+            out[key] = np.stack(values) if isinstance(values[0], np.ndarray) else list(values)
+        out["index"] = index
+        return out
+
+    @torch.no_grad()
+    def _block(self, block: int) -> Batch:
+        """Everything the model gives for the global indices of aligned block `block` (LATENT_BLOCK rows)."""
+        index = np.arange(block * LATENT_BLOCK, (block + 1) * LATENT_BLOCK, dtype=np.int64)
+        plan = self.sampler.plan(index)
+        model = self.model
+        z_id = torch.from_numpy(plan.z_id)
+        z_ex = torch.from_numpy(plan.z_ex)
+        w_id, w_ex = model.from_latent(z_id, z_ex)  # (B, I), (B, E)
+        if plan.use_catalogue.any():
+            # Catalogue mixtures: w_ex = w_neutral + sum_e a_e (W_ex[e] - w_neutral); z_ex via the flow.
+            table = model.expression_coefficients.to(w_ex)  # (n_ex, E)
+            neutral = model.neutral_w_ex.to(w_ex)  # (E,)
+            weights = torch.from_numpy(plan.expr_weights).to(w_ex)  # (B, n_ex)
+            mixed = neutral + weights @ (table - neutral)  # (B, E)
+            use = torch.from_numpy(plan.use_catalogue)[:, None]
+            w_ex = torch.where(use, mixed, w_ex)
+            z_ex = torch.where(use, model.to_latent(w_id, mixed)[1], z_ex)
+        vertices = model.decode(w_id, w_ex)  # (B, N, 3)
+        au = self.au_labeler(w_id, w_ex)  # (B, A)
+        if self.landmarks is not None:
+            from synth.facemodel.landmarks import landmarks
+
+            lmk3d = landmarks(vertices, self.faces, self.landmarks)  # (B, L, 3)
+        else:
+            lmk3d = vertices.new_zeros((len(index), 0, 3))
+        return {
+            "z_id": _numpy(z_id).astype(np.float32),
+            "z_ex": _numpy(z_ex).astype(np.float32),
+            "w_id": _numpy(w_id).astype(np.float32),
+            "w_ex": _numpy(w_ex).astype(np.float32),
+            "vertices": _numpy(vertices).astype(np.float32),
+            "au": np.clip(_numpy(au).astype(np.float32), 0.0, 1.0),
+            "lmk3d": _numpy(lmk3d).astype(np.float32),
+            "identity_id": plan.group,
+            "step": plan.step,
+            "split": assign_splits(self.cfg.seed, plan.group, self.cfg.splits),
+            "expression": list(plan.expression),
+        }
+
+
+# ---------------------------------------------------------------------------------------- workers
+
+
+class GeometryWorker:
+    """Loads the model once; `__call__(unit)` returns the shard's columns (geometry + renders) and timings."""
+
+    def __init__(self, spec: WorkerSpec):
+        from synth.facemodel.model import FaceModel
+        from synth.render.stage import RenderStage
+
+        self.spec = spec
+        cfg = spec.cfg
+        self.model = FaceModel.load(spec.model_dir)
+        self.geometry = GeometryStage(self.model, cfg)
+        self.render = RenderStage(cfg.render, self.geometry.faces, cfg.seed)
+
+    def __call__(self, unit: ShardUnit) -> tuple[Batch, dict[str, float]]:
+        seconds = {"geometry": 0.0, "render": 0.0}
+        parts = []
+        step = self.spec.cfg.runtime.batch_size
+        for start in range(unit.start, unit.stop, step):
+            batch: Batch = {"index": np.arange(start, min(start + step, unit.stop), dtype=np.int64)}
+            t = time.perf_counter()
+            batch = self.geometry(batch)
+            seconds["geometry"] += time.perf_counter() - t
+            t = time.perf_counter()
+            batch = self.render(batch)
+            seconds["render"] += time.perf_counter() - t
+            parts.append(batch)
+        return _concat(parts), seconds
+
+
+class DiffusionWorker:
+    """Holds the diffusion pipeline; adds rgb / prompt / ethnicity / diffusion_seed to a shard's columns."""
+
+    def __init__(self, spec: WorkerSpec):
+        from synth.diffusion.stage import DiffusionStage
+
+        self.stage = DiffusionStage(spec.cfg.diffusion, spec.cfg.seed)
+        self.batch_size = spec.cfg.diffusion.batch_size
+
+    def __call__(self, columns: Batch) -> tuple[Batch, float]:
+        t = time.perf_counter()
+        n = len(columns["index"])
+        keys = ("index", "depth", "canny")
+        parts = []
+        for start in range(0, n, self.batch_size):
+            sub = {k: columns[k][start : start + self.batch_size] for k in keys}
+            out = self.stage(sub)
+            parts.append({k: _as_array(out[k]) for k in ("rgb", "prompt", "ethnicity", "diffusion_seed")})
+        merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return {**columns, **merged}, time.perf_counter() - t
+
+
+def _as_array(x: Any) -> np.ndarray:
+    return np.asarray(x)
+
+
+class ShardWriter:
+    """Turns a shard's columns into E's sample dicts and writes shard tar + index part."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.members = set(spec.cfg.output.members)
+
+    def __call__(self, unit: ShardUnit, columns: Batch) -> ShardResult:
+        from synth.records.writer import write_shard
+
+        t = time.perf_counter()
+        samples = list(self.samples(columns))
+        info = write_shard(self.spec.output_dir, unit.shard_id, samples, self.spec.cfg.output)
+        return ShardResult(unit.shard_id, len(samples), info.bytes, {"write": time.perf_counter() - t})
+
+    def samples(self, columns: Batch) -> Iterable[dict[str, Any]]:
+        cfg = self.spec.cfg
+        height, width = columns["depth"].shape[1:3]
+        has_rgb = "rgb" in columns
+        for r, index in enumerate(columns["index"].tolist()):
+            meta: dict[str, Any] = {
+                "split": columns["split"][r],
+                "identity_id": int(columns["identity_id"][r]),
+                "expression": columns["expression"][r],
+                "model_id": self.spec.model_id,
+                "seed": cfg.seed,
+                "sampler": cfg.sampler.kind.value,
+                "group_step": int(columns["step"][r]),
+                "camera": {
+                    "K": columns["K"][r].tolist(),
+                    "R": columns["R"][r].tolist(),
+                    "t": columns["t"][r].tolist(),
+                    "width": int(width),
+                    "height": int(height),
+                },
+                "light": {
+                    "direction": columns["light"][r][:3].tolist(),
+                    "ambient": float(columns["light"][r][3]),
+                    "frame": "camera",
+                },
+            }
+            rgb: list[np.ndarray] = []
+            if has_rgb:
+                rgb = list(columns["rgb"][r])
+                ethnicities = [str(e) for e in np.ravel(columns["ethnicity"][r])]
+                meta |= {
+                    "prompts": [str(p) for p in columns["prompt"][r]],
+                    "negative_prompt": cfg.diffusion.negative_prompt,
+                    "ethnicity": ethnicities[0],
+                    "ethnicities": ethnicities,
+                    "diffusion_seeds": [int(s) for s in columns["diffusion_seed"][r]],
+                }
+            yield {
+                "index": index,
+                "mesh": columns["vertices"][r],
+                "latents": {k: columns[k][r] for k in ("z_id", "z_ex", "w_id", "w_ex")},
+                "au": columns["au"][r],
+                "lmk2d": columns["lmk2d"][r],
+                "lmk3d": columns["lmk3d"][r],
+                "depth": columns["depth"][r],
+                "normal": columns["normal"][r],
+                "mask": columns["mask"][r],
+                "canny": columns["canny"][r],
+                "shaded": columns["shaded"][r],
+                "rgb": rgb,
+                "meta": meta,
+            }
+
+
+class ShardPipeline:
+    """All stages of one process: geometry + render (+ diffusion) + write, one shard per call."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.geometry = GeometryWorker(spec)
+        self.diffusion = DiffusionWorker(spec) if spec.cfg.diffusion.enabled else None
+        self.writer = ShardWriter(spec)
+
+    def __call__(self, unit: ShardUnit) -> ShardResult:
+        columns, seconds = self.geometry(unit)
+        if self.diffusion is not None:
+            columns, seconds["diffusion"] = self.diffusion(columns)
+        result = self.writer(unit, columns)
+        result.seconds = {**seconds, **result.seconds}
+        return result
+
+
+def run_in_process(spec: WorkerSpec, units: list[ShardUnit], on_shard: Callable[[ShardResult], None]) -> None:
+    """The in-process executor (`runtime.executor=local`): the same stages in one loop."""
+    pipeline = ShardPipeline(spec)
+    for unit in units:
+        on_shard(pipeline(unit))
+
+
+def output_root(spec: WorkerSpec) -> Path:
+    return Path(spec.output_dir)
