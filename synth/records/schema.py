@@ -39,6 +39,12 @@ SHARD_PATTERN = r"^shard-[0-9]{6}\.tar$"
 TAR_MTIME = 1577836800
 LATENT_NAMES = ("z_id", "z_ex", "w_id", "w_ex")
 LATENT_DIMS = {"z_id": "Zi", "z_ex": "Ze", "w_id": "I", "w_ex": "E"}
+# Once-per-dataset files, relative to the dataset directory; the manifest is written last.
+MANIFEST = "manifest.json"
+FACES = "faces.npy"
+LANDMARKS = "landmarks.json"
+AU_NAMES = "au_names.json"
+DATASET_FILES = (FACES, LANDMARKS, AU_NAMES)
 # Depth is stored as uint16 millimetres: the largest representable depth in metres.
 DEPTH_MAX_M = 65.535
 

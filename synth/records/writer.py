@@ -39,9 +39,15 @@ import webdataset as wds
 from synth.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from synth.records import codecs
 from synth.records.config import OutputConfig
+from synth.records.reader import sha256_file
 from synth.records.schema import (
+    AU_NAMES,
+    DATASET_FILES,
+    FACES,
+    LANDMARKS,
     LATENT_DIMS,
     LATENT_NAMES,
+    MANIFEST,
     MEMBER_BY_NAME,
     REQUIRED_MEMBERS,
     SCHEMA_VERSION,
@@ -58,11 +64,6 @@ from synth.records.schema import (
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-FACES = "faces.npy"
-LANDMARKS = "landmarks.json"
-AU_NAMES = "au_names.json"
-DATASET_FILES = (FACES, LANDMARKS, AU_NAMES)
 _SHARD_RE = re.compile(r"^shard-([0-9]{6})\.tar$")
 # Parquet key-value metadata of an index part: enough to rebuild its ShardInfo without reading the tar.
 _META_KEY = b"synth_shard"
@@ -362,15 +363,6 @@ def read_shard_info(dataset_dir: str | os.PathLike, shard_id: int) -> ShardInfo:
         dims=stored["dims"],
         members=tuple(stored["members"]),
     )
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def complete_shards(dataset_dir: str | os.PathLike, clean: bool = True) -> list[int]:
