@@ -44,6 +44,8 @@ class SamplerConfig:
     """Latent sampling. Only the fields of the chosen `kind` are used; the others keep their defaults.
 
     temperature: scale of the Gaussian latent draws (1 = the flow prior).
+    intensity: scale of every sample's expression deviation from neutral in w_ex space (all kinds): 1 = as
+        sampled, > 1 extrapolates (3DFaceCAM), 0 = the identity's neutral face.
     truncation: None, or a confidence rho in (0, 1): latents outside the rho-quantile Mahalanobis ball are
         projected onto it (BabyFlow eq. 24).
     au kind: `targets` maps AU names ("AU12") or expression names ("happiness") to intensities; an
@@ -59,6 +61,7 @@ class SamplerConfig:
 
     kind: SamplerKind = SamplerKind.random
     temperature: float = 1.0
+    intensity: float = 1.0
     truncation: float | None = None
     targets: dict[str, float] = field(default_factory=dict)
     num_random_aus: int = 2
@@ -73,6 +76,8 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.temperature <= 10.0:
             raise ValueError(f"sampler.temperature={self.temperature} must be in (0, 10]")
+        if not 0.0 <= self.intensity <= 5.0:
+            raise ValueError(f"sampler.intensity={self.intensity} must be in [0, 5]")
         if self.truncation is not None and not 0.0 < self.truncation < 1.0:
             raise ValueError(
                 f"sampler.truncation={self.truncation} must be a confidence in (0, 1), or null for none"

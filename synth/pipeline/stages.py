@@ -163,6 +163,11 @@ class GeometryStage:
             use = torch.from_numpy(plan.use_catalogue)[:, None]
             w_ex = torch.where(use, mixed, w_ex)
             z_ex = torch.where(use, model.to_latent(w_id, mixed)[1], z_ex)
+        if self.cfg.sampler.intensity != 1.0:
+            # Scale the expression's deviation from neutral (linear in w_ex for a fixed identity).
+            neutral = model.neutral_w_ex.to(w_ex)  # (E,)
+            w_ex = neutral + self.cfg.sampler.intensity * (w_ex - neutral)
+            z_ex = model.to_latent(w_id, w_ex)[1]
         vertices = model.decode(w_id, w_ex)  # (B, N, 3)
         au = self.au_labeler(w_id, w_ex)  # (B, A)
         if self.landmarks is not None:
