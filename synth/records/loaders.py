@@ -1,0 +1,416 @@
+"""Training-loop access: a webdataset pipeline over the shards, the Parquet index, and selections.
+
+```python
+from torch.utils.data import DataLoader
+from synth.records import load_webdataset, read_index, select, collate
+
+ds = load_webdataset("out/", keys=("mesh", "au", "depth"), shuffle=True, split="train")
+for epoch in range(10):
+    ds.set_epoch(epoch)                          # new shard order and shuffle buffer draws per epoch
+    for batch in DataLoader(ds, batch_size=32, num_workers=2, collate_fn=collate):
+        ...
+```
+
+Each sample comes exactly once per epoch whatever the number of DataLoader workers and nodes: shards are
+the unit of splitting (node, then worker), so every shard is read by exactly one worker. For a perfect
+balance use at least as many shards as workers x nodes.
+"""
+
+import functools
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset
+
+from synth.errors import SynthError
+from synth.records.reader import RawSample, RecordError, check_crc, decode_raw, iter_raw_samples, shard_label
+from synth.records.schema import AU_NAMES, MANIFEST, MEMBER_BY_NAME, SPLITS
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("raise", "warn")
+
+
+class RecordWarning(UserWarning):
+    """A damaged sample or shard was skipped (`on_error="warn"`)."""
+
+
+# -------------------------------------------------------------------------------------------- the index
+
+
+def read_index(
+    dataset_dir: str | os.PathLike, columns: Sequence[str] | None = None, filters: Any = None
+) -> pa.Table:
+    """The dataset's Parquet index (every `index/*.parquet` part) as one table, sorted by `index`.
+
+    columns: columns to read (default all, see docs/dataset-format.md); filters: pyarrow `filters`
+    (e.g. `[("split", "=", "train")]`), applied while reading.
+    """
+    folder = Path(dataset_dir) / "index"
+    if not any(folder.glob("*.parquet")):
+        raise SynthError(f"{folder} holds no index parts; is {dataset_dir} a synth dataset (output.dir)?")
+    wanted = None if columns is None else sorted(set(columns) | {"index"})
+    table = pq.read_table(folder, columns=wanted, filters=filters)
+    table = table.sort_by("index")
+    return table if columns is None else table.select(list(columns))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The minimal shards + keys to read for a subset of a dataset.
+
+    shards: shard file names relative to the dataset directory, sorted; keys: the selected sample keys.
+    """
+
+    shards: tuple[str, ...]
+    keys: frozenset[str]
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> "Selection":
+        """The selection of the rows of an index table (after any filter); needs `key` and `shard`."""
+        shards = tuple(sorted(set(table.column("shard").to_pylist())))
+        return cls(shards=shards, keys=frozenset(table.column("key").to_pylist()))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def select(
+    source: str | os.PathLike | pa.Table,
+    *,
+    split: str | Sequence[str] | None = None,
+    expression: str | Sequence[str] | None = None,
+    identity: int | Sequence[int] | None = None,
+    au_min: Mapping[str, float] | None = None,
+    au_names: Sequence[str] | None = None,
+) -> Selection:
+    """Select samples by split, expression name(s), identity id(s) and minimum AU intensities.
+
+    source: a dataset directory or an index table (from `read_index`, possibly filtered already).
+    au_min: {AU name: minimum intensity}, all must hold; AU names come from the dataset (`au_names.json`)
+    or from `au_names` when `source` is a table. Returns the shards + keys to pass to `load_webdataset`.
+    """
+    if isinstance(source, pa.Table):
+        table = source
+    else:
+        table = read_index(source, columns=["key", "shard", "split", "expression", "identity_id", "au"])
+        if au_min and au_names is None:
+            au_names = _dataset_au_names(Path(source))
+    conditions = []
+    if split is not None:
+        splits = [split] if isinstance(split, str) else list(split)
+        unknown = sorted(set(splits) - set(SPLITS))
+        if unknown:
+            raise SynthError(f"unknown split(s) {unknown}; splits are {list(SPLITS)}")
+        conditions.append(pc.is_in(table["split"], pa.array(splits)))
+    if expression is not None:
+        names = [expression] if isinstance(expression, str) else list(expression)
+        conditions.append(pc.is_in(table["expression"], pa.array(names)))
+    if identity is not None:
+        ids = [identity] if isinstance(identity, int) else list(identity)
+        conditions.append(pc.is_in(table["identity_id"], pa.array(ids, pa.int64())))
+    for name, low in (au_min or {}).items():
+        if au_names is None or name not in au_names:
+            raise SynthError(f"unknown AU {name!r} in au_min; the dataset's AUs are {list(au_names or [])}")
+        column = pc.list_element(table["au"], list(au_names).index(name))
+        conditions.append(pc.greater_equal(column, pa.scalar(low, pa.float32())))
+    if conditions:
+        table = table.filter(functools.reduce(pc.and_, conditions))
+    return Selection.from_table(table)
+
+
+def _dataset_au_names(root: Path) -> list[str]:
+    path = root / AU_NAMES
+    if not path.is_file():
+        raise SynthError(f"{path} is missing; pass au_names= explicitly")
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------------------ the pipeline
+
+
+class _ShardList(IterableDataset):
+    """First pipeline stage: {"url": shard} for every shard, in a per-epoch seeded order when shuffled."""
+
+    def __init__(self, urls: list[str], shuffle: bool, seed: int) -> None:
+        super().__init__()
+        self.urls, self.shuffle, self.seed, self.epoch = urls, shuffle, seed, 0
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        order = list(self.urls)
+        if self.shuffle:
+            # Every worker and node draws the same permutation, so the split that follows is a partition.
+            perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(order))
+            order = [order[i] for i in perm]
+        for url in order:
+            yield {"url": url}
+
+
+def _index_part_of(url: str) -> Path | None:
+    """The index part next to a local shard (`<dir>/index/shard-N.parquet`), or None."""
+    path = Path(url)
+    part = path.parent / "index" / f"{path.stem}.parquet"
+    return part if part.is_file() else None
+
+
+def _handle(err: RecordError, on_error: str) -> None:
+    if on_error == "raise":
+        raise err
+    warnings.warn(f"skipped: {err}", RecordWarning, stacklevel=2)
+    log.warning("skipped: %s", err)
+
+
+class _ReadShards(wds.PipelineStage):
+    """Open each shard, stream its raw samples, keep the selected ones, check them against the index.
+
+    With an index part next to the shard (a local dataset), every kept sample's members and CRC-32s are
+    checked against its row and the keys the index lists must all be seen (a truncated shard is noticed
+    even when it ends cleanly at a member boundary).
+    """
+
+    def __init__(self, split: frozenset[str] | None, keys: frozenset[str] | None, on_error: str) -> None:
+        self.split, self.keys, self.on_error = split, keys, on_error
+
+    def run(self, src: Iterable[dict[str, str]]) -> Iterator[RawSample]:
+        for item in src:
+            yield from self._shard(item["url"])
+
+    def _expected(self, url: str) -> dict[str, tuple[list[str], list[int]]] | None:
+        part = _index_part_of(url)
+        if part is None:
+            return None
+        table = pq.read_table(part, columns=["key", "split", "members", "crc32"])
+        expected = {}
+        for key, split, members, crc in zip(*(table[c].to_pylist() for c in table.column_names), strict=True):
+            if (self.split is None or split in self.split) and (self.keys is None or key in self.keys):
+                expected[key] = (members, crc)
+        return expected
+
+    def _shard(self, url: str) -> Iterator[RawSample]:
+        shard = shard_label(url)
+        expected = self._expected(url)
+        if expected is not None and not expected:
+            return  # nothing selected in this shard
+        seen: set[str] = set()
+        stream = wds.gopen(url, "rb")
+        try:
+            for raw in iter_raw_samples(stream, shard):
+                key = raw["__key__"]
+                raw["__url__"] = url
+                if expected is not None:
+                    if key not in expected:
+                        continue
+                    seen.add(key)
+                    try:
+                        check_crc(raw, *expected[key])
+                    except RecordError as err:
+                        _handle(err, self.on_error)
+                        continue
+                else:
+                    if self.keys is not None and key not in self.keys:
+                        continue
+                    if self.split is not None and not self._meta_split_ok(raw):
+                        continue
+                yield raw
+        except RecordError as err:
+            _handle(err, self.on_error)
+            return
+        finally:
+            stream.close()
+        if expected is not None and len(seen) < len(expected):
+            missing = sorted(set(expected) - seen)
+            _handle(
+                RecordError(
+                    shard,
+                    missing[0],
+                    f"{len(missing)} indexed sample(s) missing from the tar "
+                    f"(truncated shard?): {missing[:5]}",
+                ),
+                self.on_error,
+            )
+
+    def _meta_split_ok(self, raw: RawSample) -> bool:
+        try:
+            return json.loads(raw["meta.json"])["split"] in self.split
+        except (KeyError, ValueError) as err:
+            raise RecordError(
+                raw["__shard__"], raw["__key__"], f"meta.json has no readable split: {err}"
+            ) from None
+
+
+class _Shuffle(wds.PipelineStage):
+    """A shuffle buffer seeded from (seed, epoch, node rank, worker id): reproducible per epoch."""
+
+    def __init__(self, bufsize: int, seed: int) -> None:
+        self.bufsize, self.seed, self.epoch = bufsize, seed, 0
+
+    def run(self, src: Iterator[RawSample]) -> Iterator[RawSample]:
+        import random
+
+        rank, _, worker, _ = wds.utils.pytorch_worker_info()
+        state = np.random.SeedSequence([self.seed, self.epoch, rank, worker]).generate_state(2)
+        rng = random.Random(int(state[0]) << 32 | int(state[1]))
+        return wds.filters._shuffle(iter(src), bufsize=self.bufsize, initial=self.bufsize, rng=rng)
+
+
+class _Decode(wds.PipelineStage):
+    """Raw bytes -> torch tensors (numpy layouts of the member table; latents a dict; meta a dict)."""
+
+    def __init__(self, keys: frozenset[str] | None, on_error: str) -> None:
+        self.keys, self.on_error = keys, on_error
+
+    def run(self, src: Iterable[RawSample]) -> Iterator[dict[str, Any]]:
+        for raw in src:
+            try:
+                sample = decode_raw(raw, self.keys)
+            except RecordError as err:
+                _handle(err, self.on_error)
+                continue
+            sample["__url__"] = raw["__url__"]
+            yield {k: _to_torch(v) for k, v in sample.items()}
+
+
+def _to_torch(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    if isinstance(value, dict) and value and all(isinstance(v, np.ndarray) for v in value.values()):
+        return {k: torch.from_numpy(v) for k, v in value.items()}
+    return value
+
+
+class SynthWebDataset(wds.DataPipeline):
+    """The IterableDataset `load_webdataset` returns; `set_epoch(e)` reseeds shard order and shuffle."""
+
+    def __init__(self, shard_list: _ShardList, stages: list[Any], shuffler: _Shuffle | None) -> None:
+        super().__init__(shard_list, *stages)
+        self._shard_list, self._shuffler = shard_list, shuffler
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self._shard_list.urls)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._shard_list.epoch = epoch
+        if self._shuffler is not None:
+            self._shuffler.epoch = epoch
+
+
+def load_webdataset(
+    dir_or_urls: str | os.PathLike | Sequence[str | os.PathLike],
+    keys: Sequence[str] | None = None,
+    *,
+    shuffle: bool = False,
+    split: str | Sequence[str] | None = None,
+    selection: Selection | None = None,
+    shuffle_buffer: int = 256,
+    seed: int = 0,
+    on_error: str = "raise",
+) -> SynthWebDataset:
+    """A torch IterableDataset over a synth dataset's shards, decoding samples to tensors.
+
+    dir_or_urls: a dataset directory (shards from its manifest), or shard paths / URLs (a list, or a
+        brace pattern such as "out/shard-{000000..000009}.tar"; anything `webdataset.gopen` opens).
+    keys: member names to decode (default all), e.g. ("mesh", "au", "depth", "rgb"); see MEMBERS.
+    shuffle: shuffle the shard order per epoch and samples through a buffer of `shuffle_buffer`.
+    split: keep only samples of this split (or these splits).
+    selection: keep only these shards + keys (from `select`); needs a dataset directory.
+    seed: seeds the shuffles (with the epoch, see `set_epoch`); the same seed gives the same order.
+    on_error: "raise" -> a RecordError naming shard and key on damaged data; "warn" -> skip the sample
+        (or the rest of a truncated shard) with a RecordWarning.
+
+    Each yielded sample is a dict: "__key__", "__url__", and per member a tensor with the member table's
+    dtype and shape (depth (H, W) float32 metres, normal (H, W, 3) float32, mask (H, W) bool, canny /
+    shaded (H, W) uint8, rgb (K, S, S, 3) uint8, mesh (N, 3), au (A,), lmk2d / lmk3d (L, 3)), "latents"
+    as {z_id, z_ex, w_id, w_ex} tensors and "meta" as the meta.json dict. Batch with `collate`.
+    """
+    if on_error not in ON_ERROR:
+        raise SynthError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    if keys is not None:
+        if isinstance(keys, str):
+            raise SynthError(f"keys must be a sequence of member names, got the string {keys!r}")
+        unknown = sorted(set(keys) - set(MEMBER_BY_NAME))
+        if unknown:
+            raise SynthError(f"unknown member(s) {unknown} in keys; members are {list(MEMBER_BY_NAME)}")
+    splits = None
+    if split is not None:
+        splits = frozenset([split] if isinstance(split, str) else split)
+        if not splits <= set(SPLITS):
+            raise SynthError(f"unknown split(s) {sorted(splits - set(SPLITS))}; splits are {list(SPLITS)}")
+    if shuffle_buffer < 1:
+        raise SynthError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
+    urls = _resolve_urls(dir_or_urls, keys, selection)
+    shard_list = _ShardList(urls, shuffle=shuffle, seed=seed)
+    shuffler = _Shuffle(shuffle_buffer, seed) if shuffle else None
+    stages = [
+        wds.split_by_node,
+        wds.split_by_worker,
+        _ReadShards(splits, selection.keys if selection is not None else None, on_error),
+        shuffler,
+        _Decode(frozenset(keys) if keys is not None else None, on_error),
+    ]
+    return SynthWebDataset(shard_list, [s for s in stages if s is not None], shuffler)
+
+
+def _resolve_urls(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    keys: Sequence[str] | None,
+    selection: Selection | None,
+) -> list[str]:
+    if isinstance(source, str | os.PathLike) and Path(source).is_dir():
+        root = Path(source)
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise SynthError(
+                f"{manifest_path} is missing: the dataset is incomplete; finish the run or "
+                f"pass shard paths explicitly"
+            )
+        manifest = json.loads(manifest_path.read_text())
+        missing = sorted(set(keys or ()) - set(manifest["members"]))
+        if missing:
+            raise SynthError(
+                f"{root}: member(s) {missing} were not written; members are {manifest['members']}"
+            )
+        names = [s["name"] for s in manifest["shards"]]
+        if selection is not None:
+            unknown = sorted(set(selection.shards) - set(names))
+            if unknown:
+                raise SynthError(f"selection names shard(s) {unknown[:3]} not in {manifest_path}")
+            names = list(selection.shards)
+        return [str(root / name) for name in names]
+    if selection is not None:
+        raise SynthError(
+            "selection= needs the dataset directory as dir_or_urls (its shard names are relative)"
+        )
+    if isinstance(source, str | os.PathLike):
+        urls = list(wds.shardlists.expand_urls(str(source)))
+    else:
+        urls = [str(u) for u in source]
+    if not urls:
+        raise SynthError(f"no shards in {source!r}")
+    return urls
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batch samples from `load_webdataset`: tensors stacked (B, ...), latents per name, the rest as lists."""
+    out: dict[str, Any] = {}
+    for name in samples[0]:
+        values = [s[name] for s in samples]
+        if isinstance(values[0], torch.Tensor):
+            out[name] = torch.stack(values)
+        elif name == "latents":
+            out[name] = {k: torch.stack([v[k] for v in values]) for k in values[0]}
+        else:
+            out[name] = values
+    return out
