@@ -105,17 +105,22 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+def resolve_output_dir(raw: str | Path) -> Path:
+    """The absolute local path of `output.dir`; URLs (s3://, gs://, ...) are refused with the way out."""
+    if "://" in str(raw):
+        raise SynthError(
+            f"output.dir={raw}: URLs are not supported for writing; mount the bucket or shared file "
+            "system (NFS, gcsfuse, s3 mountpoint) and give its local path (docs/operations.md)"
+        )
+    return Path(raw).expanduser().absolute()
+
+
 def check_output_dir(out: Path, fingerprint: dict[str, Any], overwrite: Overwrite) -> bool:
     """Decide what to do with an existing output directory; raise `SynthError` to refuse. Writes nothing.
 
     Returns True when the directory holds files of this same run (a resume), False when it is new/empty or
     will be replaced (`output.overwrite=REPLACE`).
     """
-    if "://" in str(out):
-        raise SynthError(
-            f"output.dir={out}: URLs are not supported for writing; mount the bucket or shared file "
-            "system (NFS, gcsfuse, s3 mountpoint) and give its local path (docs/operations.md)"
-        )
     if out.exists() and not out.is_dir():
         raise SynthError(f"output.dir={out} is a file, not a directory; choose another output.dir")
     if not out.exists() or not any(out.iterdir()):

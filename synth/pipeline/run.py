@@ -24,6 +24,7 @@ from synth.pipeline.plan import (
     check_output_dir,
     fingerprint_config,
     fingerprint_hash,
+    resolve_output_dir,
     shard_units,
     to_jsonable,
     write_run_file,
@@ -96,7 +97,7 @@ def prepare(cfg: GenerateConfig, output_dir: Path | None = None) -> tuple[Worker
     from synth.facemodel.model import FaceModel
     from synth.pipeline.stages import sampler_for
 
-    out = Path(output_dir if output_dir is not None else cfg.output.dir).expanduser().absolute()
+    out = resolve_output_dir(output_dir if output_dir is not None else cfg.output.dir)
     if cfg.diffusion.enabled:
         from synth.diffusion.loading import check_weights
 

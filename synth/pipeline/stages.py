@@ -119,14 +119,14 @@ class GeometryStage:
     """
 
     def __init__(self, model: Any, cfg: GenerateConfig):
-        from synth.facemodel.au_labels import ModelAuLabeler
+        from synth.facemodel.au_labels import ModelAuLabeller
 
         self.model = model
         self.cfg = cfg
         self.sampler = sampler_for(cfg, model)
         self.landmarks = landmark_definition(model)
         self.faces = np.asarray(_numpy(model.faces), dtype=np.int64)
-        self.au_labeler = ModelAuLabeler(model)
+        self.au_labeller = ModelAuLabeller(model)
         self._cache: dict[int, Batch] = {}
 
     def __call__(self, batch: Batch) -> Batch:
@@ -169,7 +169,7 @@ class GeometryStage:
             w_ex = neutral + self.cfg.sampler.intensity * (w_ex - neutral)
             z_ex = model.to_latent(w_id, w_ex)[1]
         vertices = model.decode(w_id, w_ex)  # (B, N, 3)
-        au = self.au_labeler(w_id, w_ex)  # (B, A)
+        au = self.au_labeller(w_id, w_ex)  # (B, A)
         if self.landmarks is not None:
             from synth.facemodel.landmarks import landmarks
 
@@ -309,7 +309,7 @@ class ShardWriter:
                 "lmk2d": columns["lmk2d"][r],
                 "lmk3d": columns["lmk3d"][r],
                 "depth": columns["depth"][r],
-                "normal": columns["normal"][r],
+                "normal": columns["normals"][r],
                 "mask": columns["mask"][r],
                 "canny": columns["canny"][r],
                 "shaded": columns["shaded"][r],
