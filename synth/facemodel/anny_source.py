@@ -150,8 +150,8 @@ class AnnySourceConfig:
     """What `build_anny_tensor` builds.
 
     n_identities: base identities sampled from the prior (x3 with variants).
-    expressions: catalogue expression names to build (catalogue order is kept; must contain "neutral" and
-        the mirror of each listed expression when variants are on); None = all 76.
+    expressions: catalogue expression names to build (catalogue order is kept; "neutral" is always added;
+        with variants, the mirror of each listed expression must be listed too); None = all 76.
     delta: expression intensity (BabyFlow eq. 7): facial-action weights are scaled by it.
     variants: add the mirrored and symmetrised variant of each identity (BabyFlow 4.3).
     batch_size: meshes per Anny forward call (memory: ~0.3 MB per mesh in float64).
@@ -181,15 +181,14 @@ class AnnySourceConfig:
 
 
 def selected_expressions(names: list[str] | None, variants: bool, catalogue: Catalogue) -> np.ndarray:
-    """Catalogue indices of the configured expressions, in catalogue order (so index 0 is neutral).
+    """Catalogue indices of the configured expressions, in catalogue order; "neutral" (index 0 of the
+    tensor) is always included.
 
-    Raises ValueError for an unknown name, a missing "neutral", or (with variants) a missing mirror.
+    Raises ValueError for an unknown name or (with variants) an expression whose mirror is not listed.
     """
     if names is None:
         return np.arange(len(catalogue.expression_names))
-    idx = sorted({catalogue.expression_index(n) for n in names})
-    if not idx or idx[0] != 0:
-        raise ValueError(f"expressions={names}: must include 'neutral' (the tensor's expression 0)")
+    idx = sorted({0, *(catalogue.expression_index(n) for n in names)})
     if variants:
         missing = [catalogue.expression_names[catalogue.expression_mirror[i]] for i in idx]
         missing = sorted({m for m in missing if catalogue.expression_index(m) not in idx})
