@@ -21,6 +21,14 @@ def make_faces(n_verts: int = N_VERTS) -> np.ndarray:
     return np.stack([i, i + 1, i + 2], axis=1).astype(np.int64)
 
 
+def smooth_rgb(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) uint8: a random colour gradient (JPEG keeps it within a few levels)."""
+    ramp = np.linspace(0.0, 1.0, size)
+    a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    image = a + (b - a) * (ramp[:, None, None] + ramp[None, :, None]) / 2  # (S, S, 3)
+    return np.rint(image).astype(np.uint8)
+
+
 def make_sample(index: int, n_rgb: int = 1, size: int = SIZE, seed: int = 0) -> dict:
     """One random but valid sample; the maps are a disc (foreground) on background."""
     rng = np.random.default_rng([seed, index])
@@ -30,9 +38,9 @@ def make_sample(index: int, n_rgb: int = 1, size: int = SIZE, seed: int = 0) -> 
     normal = rng.normal(size=(size, size, 3)).astype(np.float32)
     normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
     normal[~mask] = 0.0
-    lmk2d = np.concatenate(
-        [rng.uniform(0, size, (N_LMK, 2)), rng.integers(0, 2, (N_LMK, 1))], axis=1
-    ).astype(np.float32)
+    lmk2d = np.concatenate([rng.uniform(0, size, (N_LMK, 2)), rng.integers(0, 2, (N_LMK, 1))], axis=1).astype(
+        np.float32
+    )
     focal = 1.5 * size
     camera = {
         "K": np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1]]),
@@ -59,7 +67,7 @@ def make_sample(index: int, n_rgb: int = 1, size: int = SIZE, seed: int = 0) -> 
         "mask": mask,
         "canny": (rng.uniform(size=(size, size)) > 0.9).astype(np.uint8) * np.uint8(255),
         "shaded": rng.integers(0, 256, (size, size), dtype=np.uint8),
-        "rgb": [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n_rgb)],
+        "rgb": [smooth_rgb(rng, size) for _ in range(n_rgb)],
         "meta": {
             "split": ("train", "val", "test")[identity % 3],
             "identity_id": identity,
