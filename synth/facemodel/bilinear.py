@@ -1,0 +1,220 @@
+"""The bilinear identity x expression model (BabyFlow eq. 8-9): HOSVD, decode, least-squares encode.
+
+A face is x = C x2 w_id x3 w_ex + mu (3N,): C (3N, I, E) is the HOSVD core projected back onto the
+vertex mode (the vertex mode is never truncated), mu the mean of all training meshes, w_id (I,) and
+w_ex (E,) the identity and expression coefficients. The training identities' and expressions'
+coefficients are the rows of the mode factors U_id (n_id, I) and U_ex (n_ex, E).
+
+Everything here is a pure function over tensors; `synth.facemodel.model.FaceModel` holds the buffers.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tensorly.decomposition import partial_tucker
+from torch import Tensor
+
+from synth.facemodel.tensor import FaceTensor
+
+# Singular values below this fraction of the largest one are numerical zeros (e.g. the symmetrised
+# identities are exact averages of an identity and its mirror, so they add no rank).
+_NULL_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Hosvd:
+    """A truncated HOSVD of the mean-centred tensor.
+
+    core: (3N, I, E) float32, metres per unit coefficient.
+    mean: (3N,) float32, metres; the mean of all training meshes.
+    w_id: (n_id, I) float32, rows of the identity-mode factor (each training identity's coefficients).
+    w_ex: (n_ex, E) float32, rows of the expression-mode factor (each catalogue expression's coefficients).
+    energy_id: (n_id,) float64, squared mode-2 singular values of the full decomposition (all of them).
+    energy_ex: (n_ex,) float64, squared mode-3 singular values of the full decomposition.
+    """
+
+    core: Tensor
+    mean: Tensor
+    w_id: Tensor
+    w_ex: Tensor
+    energy_id: np.ndarray
+    energy_ex: np.ndarray
+
+    @property
+    def rank_id(self) -> int:
+        return self.core.shape[1]
+
+    @property
+    def rank_ex(self) -> int:
+        return self.core.shape[2]
+
+    def kept(self) -> dict[str, float | int]:
+        """What truncation kept: ranks, full ranks and explained-variance fractions per mode."""
+        return {
+            "rank_id": self.rank_id,
+            "rank_ex": self.rank_ex,
+            "full_rank_id": int(self.energy_id.size),
+            "full_rank_ex": int(self.energy_ex.size),
+            "variance_id": float(self.energy_id[: self.rank_id].sum() / self.energy_id.sum()),
+            "variance_ex": float(self.energy_ex[: self.rank_ex].sum() / self.energy_ex.sum()),
+        }
+
+
+def rank_for_variance(energy: np.ndarray, variance: float) -> int:
+    """The smallest rank explaining at least `variance` of the total energy, numerical zeros excluded.
+
+    energy: (K,) squared singular values in decreasing order; variance in (0, 1].
+    """
+    frac = np.cumsum(energy) / energy.sum()
+    rank = int(np.searchsorted(frac, variance - 1e-12) + 1)
+    numerical = int((np.sqrt(energy / energy[0]) > _NULL_TOL).sum())
+    return max(1, min(rank, numerical, energy.size))
+
+
+def hosvd(tensor: FaceTensor, variance_id: float, variance_ex: float) -> Hosvd:
+    """HOSVD of T (3N x n_id x n_ex, mean-centred) on the identity and expression modes (eq. 8-9).
+
+    The full decomposition is TensorLy's `partial_tucker` on modes 1, 2 with its SVD initialisation and
+    no HOOI sweeps (that is exactly the HOSVD); truncating a HOSVD is slicing its factors and core, and by
+    the core's all-orthogonality the squared norm of core slice k along a mode is that mode's k-th
+    squared singular value, which gives the explained variance per mode.
+    """
+    n_id, n_ex, n_vert, _ = tensor.vertices.shape
+    verts = tensor.vertices.astype(np.float32, copy=False)
+    mean = verts.reshape(n_id * n_ex, 3 * n_vert).mean(0, dtype=np.float64)  # (3N,)
+    # (n_id, n_ex, N, 3) -> (3N, n_id, n_ex), centred
+    centred = np.ascontiguousarray(
+        (verts.reshape(n_id, n_ex, 3 * n_vert) - mean.astype(np.float32)).transpose(2, 0, 1)
+    )
+    (core, (u_id, u_ex)), _ = partial_tucker(
+        centred, rank=(n_id, n_ex), modes=[1, 2], n_iter_max=0, init="svd", svd="truncated_svd"
+    )
+    del centred
+    energy_id = np.square(core, dtype=np.float64).sum(axis=(0, 2))  # (n_id,)
+    energy_ex = np.square(core, dtype=np.float64).sum(axis=(0, 1))  # (n_ex,)
+    r_id = rank_for_variance(energy_id, variance_id)
+    r_ex = rank_for_variance(energy_ex, variance_ex)
+    return Hosvd(
+        core=torch.from_numpy(np.ascontiguousarray(core[:, :r_id, :r_ex], dtype=np.float32)),
+        mean=torch.from_numpy(mean.astype(np.float32)),
+        w_id=torch.from_numpy(np.ascontiguousarray(u_id[:, :r_id], dtype=np.float32)),
+        w_ex=torch.from_numpy(np.ascontiguousarray(u_ex[:, :r_ex], dtype=np.float32)),
+        energy_id=energy_id,
+        energy_ex=energy_ex,
+    )
+
+
+def bilinear_decode(
+    core: Tensor, mean: Tensor, w_id: Tensor, w_ex: Tensor, block: int | None = None
+) -> Tensor:
+    """core: (3N, I, E), mean: (3N,), w_id: (B, I), w_ex: (B, E) -> vertices (B, N, 3) in metres.
+
+    The contraction is one GEMM of the outer products (B, I*E) with the flattened core (3N, I*E): it reads
+    the core once per batch instead of once per mesh. With `block`, rows go through GEMMs of exactly
+    `block` rows (the last one zero-padded), so each mesh's bytes do not depend on the batch it came in
+    (BLAS picks other kernels, and other summation orders, for other row counts).
+    """
+    outer = (w_id[:, :, None] * w_ex[:, None, :]).flatten(1)  # (B, I*E)
+    flat = core.flatten(1)  # (3N, I*E)
+    if block is None:
+        x = outer @ flat.T + mean  # (B, 3N)
+    else:
+        n = outer.shape[0]
+        pad = (-n) % block
+        padded = torch.cat([outer, outer.new_zeros(pad, outer.shape[1])]) if pad else outer
+        x = torch.cat([chunk @ flat.T for chunk in padded.split(block)])[:n] + mean  # (B, 3N)
+    return x.unflatten(-1, (-1, 3))
+
+
+def _accumulate(a: Tensor, d: Tensor, ata: Tensor | None, atb: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Add the normal equations of a (B, M, K) float32 design and (B, M) targets to (ata, atb) in float64."""
+    a = a.double()
+    ata_k = a.transpose(1, 2) @ a  # (B, K, K)
+    atb_k = (a.transpose(1, 2) @ d.double()[..., None])[..., 0]  # (B, K)
+    return (ata_k, atb_k) if ata is None or atb is None else (ata + ata_k, atb + atb_k)
+
+
+def _solve(ata: Tensor, atb: Tensor) -> Tensor:
+    """x (B, K) float32 from normal equations ata (B, K, K), atb (B, K).
+
+    The normal equations are summed in float64, which keeps them accurate for the well-conditioned
+    orthogonal factors here, and need K x K memory instead of a (K*3N, K) system per identity; pinv
+    guards rank-deficient designs (e.g. a zero expression coefficient).
+    """
+    return (torch.linalg.pinv(ata, hermitian=True) @ atb[..., None])[..., 0].float()
+
+
+def fit_identity(core: Tensor, mean: Tensor, w_ex: Tensor, vertices: Tensor) -> Tensor:
+    """Least-squares identity coefficients of meshes with known expression coefficients.
+
+    core: (3N, I, E), mean: (3N,), w_ex: (B, E), vertices: (B, N, 3); or w_ex (B, K, E) and vertices
+    (B, K, N, 3) for K meshes of each identity sharing one w_id -> w_id (B, I) float32.
+    """
+    if w_ex.ndim == 2:
+        w_ex, vertices = w_ex[:, None], vertices[:, None]
+    ata = atb = None
+    for k in range(w_ex.shape[1]):
+        a = torch.einsum("kie,be->bki", core, w_ex[:, k].to(core))  # (B, 3N, I)
+        d = vertices[:, k].flatten(1).to(core) - mean  # (B, 3N)
+        ata, atb = _accumulate(a, d, ata, atb)
+    return _solve(ata, atb)
+
+
+def fit_expression(core: Tensor, mean: Tensor, w_id: Tensor, vertices: Tensor) -> Tensor:
+    """Least-squares expression coefficients of meshes with known identity coefficients.
+
+    core: (3N, I, E), mean: (3N,), w_id: (B, I), vertices: (B, N, 3) -> w_ex (B, E) float32.
+    """
+    a = torch.einsum("kie,bi->bke", core, w_id.to(core))  # (B, 3N, E)
+    d = vertices.flatten(1).to(core) - mean  # (B, 3N)
+    return _solve(*_accumulate(a, d, None, None))
+
+
+def encode(
+    core: Tensor,
+    mean: Tensor,
+    vertices: Tensor,
+    w_id_reference: Tensor,
+    w_ex_reference: Tensor,
+    w_ex_init: Tensor,
+    iterations: int = 50,
+    tol: float = 1e-10,
+) -> tuple[Tensor, Tensor]:
+    """Coefficients of meshes in the model's topology and frame by alternating least squares.
+
+    core: (3N, I, E), mean: (3N,), vertices: (B, N, 3) metres, w_id_reference: (n_id, I) and
+    w_ex_reference: (n_ex, E) the training rows, w_ex_init: (E,) starting expression (e.g. neutral).
+    Returns w_id (B, I), w_ex (B, E) float32. No rigid alignment is done: the meshes must already be in
+    the model frame. Stops when no mesh's squared residual changes by more than `tol` of its energy.
+
+    x - mu = C x2 w_id x3 w_ex fixes (w_id, w_ex) only up to (a w_id, w_ex / a); the scale is chosen so that
+    both factors have the same norm relative to their training rows' RMS norm, and the sign so that w_ex
+    points towards its most similar catalogue expression.
+    """
+    batch = vertices.shape[0]
+    w_ex = w_ex_init.to(core)[None].expand(batch, -1).clone()
+    d = vertices.flatten(1).to(core) - mean  # (B, 3N)
+    energy = d.double().square().sum(1).clamp_min(1e-30)  # (B,)
+    prev = torch.full_like(energy, float("inf"))
+    for _ in range(iterations):
+        w_id = fit_identity(core, mean, w_ex, vertices)
+        w_ex = fit_expression(core, mean, w_id, vertices)
+        err = (bilinear_decode(core, mean, w_id, w_ex).flatten(1) - mean - d).double().square().sum(1)
+        if bool(((prev - err).abs() <= tol * energy).all()):
+            break
+        prev = err
+    return _canonical_scale(w_id, w_ex, w_id_reference.to(w_id), w_ex_reference.to(w_ex))
+
+
+def _canonical_scale(w_id: Tensor, w_ex: Tensor, ref_id: Tensor, ref_ex: Tensor) -> tuple[Tensor, Tensor]:
+    """Rescale to (w_id a, w_ex / a), which decodes to the same meshes, with the canonical a of `encode`."""
+    rms_id = ref_id.square().sum(1).mean().sqrt()
+    rms_ex = ref_ex.square().sum(1).mean().sqrt()
+    id_norm = w_id.norm(dim=1).clamp_min(1e-30)  # (B,)
+    ex_norm = w_ex.norm(dim=1).clamp_min(1e-30)
+    cos = (w_ex @ ref_ex.T) / (ex_norm[:, None] * ref_ex.norm(dim=1).clamp_min(1e-30))  # (B, n_ex)
+    sign = torch.gather(cos, 1, cos.abs().argmax(1, keepdim=True))[:, 0].sign()
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    scale = sign * torch.sqrt(ex_norm * rms_id / (id_norm * rms_ex))  # (B,)
+    return w_id * scale[:, None], w_ex / scale[:, None]

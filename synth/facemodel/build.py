@@ -1,0 +1,222 @@
+"""Building a face model: source tensor -> HOSVD -> flows -> model directory (BabyFlow 4.3-4.4).
+
+`build_model` reads top to bottom as the recipe. Models are cached under `$SYNTH_CACHE_DIR/models/<key>`
+(default `~/.cache/synth/models/<key>`), the key being a hash of the build recipe
+(`ModelConfig.build_key`), and every directory appears whole or not at all: the build writes into a
+temporary sibling directory that is renamed into place at the end.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from synth.atomic import fsync_dir
+from synth.errors import SynthError
+from synth.facemodel import bilinear
+from synth.facemodel.config import ModelConfig, ModelSource, build_spec
+from synth.facemodel.flows import train_flow
+from synth.facemodel.model import FaceModel
+from synth.facemodel.tensor import FaceTensor
+
+if TYPE_CHECKING:
+    from synth.facemodel.anny_source import AnnySourceConfig
+from synth.seeding import Stage, seed_sequence, torch_generator
+
+log = logging.getLogger(__name__)
+
+
+def cache_root() -> Path:
+    """`$SYNTH_CACHE_DIR/models`, else `$XDG_CACHE_HOME/synth/models`, else `~/.cache/synth/models`."""
+    if os.environ.get("SYNTH_CACHE_DIR"):
+        return Path(os.environ["SYNTH_CACHE_DIR"]) / "models"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "synth" / "models"
+
+
+def resolve_model(config: ModelConfig, progress: bool = True) -> Path:
+    """The model directory of `config`: `config.path` when given (checked to exist), else the cached
+    build of the recipe (built now, with progress bars, when absent)."""
+    if config.path is not None:
+        path = Path(config.path).expanduser()
+        if not (path / "model.json").is_file():
+            raise SynthError(
+                f"model.path={config.path} is not a built model (no model.json); build one with "
+                "`synth build-model model.out=DIR` or leave model.path unset to use the cached default"
+            )
+        return path
+    return build_model(config, out_dir=config.out, progress=progress)
+
+
+def build_model(config: ModelConfig, out_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Build the model of `config` into `out_dir` (default: the cache) and return the directory.
+
+    A directory already holding a model of the same recipe is returned as is; any other non-empty
+    directory is refused.
+    """
+    if config.path is not None:
+        raise SynthError(f"model.path={config.path} names an existing model; unset it to build one")
+    target = Path(out_dir).expanduser() if out_dir is not None else cache_root() / config.build_key()
+    if _is_built(target, config):
+        log.info("face model %s is up to date", target)
+        return target
+    if target.exists() and any(target.iterdir()):
+        raise SynthError(
+            f"model output directory {target} exists and is not a model of this recipe; "
+            "choose an empty or new directory (model.out=DIR) or delete it"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.building-"))
+    try:
+        log.info("building face model into %s", target)
+        model, held_out = build_face_model(config, progress)
+        model.save(tmp)
+        if config.report_held_out > 0:
+            from synth.facemodel.report import write_report
+
+            write_report(model, held_out, tmp)
+        try:
+            os.replace(tmp, target)  # atomic; replaces an empty directory
+        except OSError:
+            if _is_built(target, config):  # a concurrent build of the same recipe won the race
+                shutil.rmtree(tmp, ignore_errors=True)
+                return target
+            raise
+        fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("face model %s written (model_id %s)", target, model.model_id)
+    return target
+
+
+def build_face_model(config: ModelConfig, progress: bool = True) -> tuple[FaceModel, FaceTensor | None]:
+    """The recipe: (1) tensor from the source, (2) HOSVD with per-mode truncation, (3) one RealNVP per
+    factor, (4) the `FaceModel`. Returns it with the held-out identities for the report (or None)."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    # 1. the identity x expression tensor (3 x n_identities with mirrored and symmetrised variants)
+    tensor = source_tensor(config, progress)
+    timings["tensor_s"] = time.perf_counter() - start
+    log.info(
+        "tensor: %d identities x %d expressions x %d vertices",
+        tensor.n_identities, tensor.n_expressions, tensor.n_vertices,
+    )  # fmt: skip
+
+    # 2. HOSVD of T (eq. 8-9), truncated per mode by explained variance
+    t = time.perf_counter()
+    h = bilinear.hosvd(tensor, config.variance_id, config.variance_ex)
+    timings["hosvd_s"] = time.perf_counter() - t
+    log.info("HOSVD keeps %s", h.kept())
+
+    # 3. flows on the training coefficients (eq. 10-19), each from its own seeded stream
+    t = time.perf_counter()
+    flow_id, hist_id = train_flow(
+        h.w_id, config.flow, torch_generator(config.seed, 0, Stage.BUILD, 1), progress, "identity flow"
+    )
+    flow_ex, hist_ex = train_flow(
+        h.w_ex, config.flow, torch_generator(config.seed, 0, Stage.BUILD, 2), progress, "expression flow"
+    )
+    timings["flows_s"] = time.perf_counter() - t
+
+    # 4. the model
+    model = FaceModel(
+        core=h.core,
+        mean=h.mean,
+        faces=torch.as_tensor(tensor.faces, dtype=torch.int64),
+        identity_coefficients=h.w_id,
+        expression_coefficients=h.w_ex,
+        expression_aus=torch.as_tensor(tensor.expression_aus, dtype=torch.float32),
+        energy_id=torch.from_numpy(h.energy_id),
+        energy_ex=torch.from_numpy(h.energy_ex),
+        flow_id=flow_id,
+        flow_ex=flow_ex,
+        expression_names=tensor.expression_names,
+        au_names=tensor.au_names,
+        identity_ids=tensor.identity_ids,
+        info={
+            "build": build_spec(config),
+            "build_key": config.build_key(),
+            "source": json.loads(json.dumps(tensor.source, default=str)),
+            "hosvd": h.kept(),
+            "flows": {"id": hist_id, "ex": hist_ex},
+        },
+    )
+    timings["total_s"] = time.perf_counter() - start
+    log.info("built in %.1f s (%s)", timings["total_s"], {k: round(v, 1) for k, v in timings.items()})
+    held_out = None
+    if config.report_held_out > 0 and config.source is ModelSource.anny:
+        held_out = held_out_tensor(config, progress)
+    return model, held_out
+
+
+def source_tensor(config: ModelConfig, progress: bool) -> FaceTensor:
+    """The training tensor of `config`'s source."""
+    if config.source is ModelSource.tensor:
+        from synth.facemodel.tensor_file import load_tensor_npz
+
+        tensor = load_tensor_npz(Path(config.tensor_path).expanduser())
+        return select_expressions(tensor, config.expressions, "model.expressions")
+    from synth.facemodel.anny_source import build_anny_tensor
+
+    return build_anny_tensor(_anny_prior(config, config.n_identities), config.seed, progress)
+
+
+def held_out_tensor(config: ModelConfig, progress: bool) -> FaceTensor:
+    """`report_held_out` base identities from the same prior with fresh seeds (not in the build); without
+    mirrored / symmetrised variants, which would not be independent of their base identity."""
+    from synth.facemodel.anny_source import build_anny_tensor
+
+    seed = int(seed_sequence(config.seed, 1, Stage.BUILD).generate_state(1)[0])
+    source = dataclasses.replace(_anny_prior(config, config.report_held_out), variants=False)
+    return build_anny_tensor(source, seed, progress)
+
+
+def _anny_prior(config: ModelConfig, n_identities: int) -> "AnnySourceConfig":
+    """What the Anny source builds: `n_identities` from the prior, with variants, the model's expressions
+    at its intensity."""
+    from synth.facemodel.anny_source import AnnySourceConfig
+
+    return AnnySourceConfig(
+        n_identities=n_identities,
+        expressions=list(config.expressions) or None,
+        delta=config.intensity,
+        variants=True,
+        prior=config.anny,
+    )
+
+
+def select_expressions(tensor: FaceTensor, names: list[str], key: str) -> FaceTensor:
+    """The tensor restricted to `names` (in catalogue order, "neutral" always kept); all when empty."""
+    if not names:
+        return tensor
+    unknown = sorted(set(names) - set(tensor.expression_names))
+    if unknown:
+        raise SynthError(f"{key}: unknown expressions {unknown}; known: {', '.join(tensor.expression_names)}")
+    keep = [i for i, n in enumerate(tensor.expression_names) if n in names or n == "neutral"]
+    return FaceTensor(
+        vertices=tensor.vertices[:, keep],
+        faces=tensor.faces,
+        expression_names=[tensor.expression_names[i] for i in keep],
+        au_names=tensor.au_names,
+        expression_aus=tensor.expression_aus[keep],
+        identity_ids=tensor.identity_ids,
+        source={**tensor.source, "expressions": [tensor.expression_names[i] for i in keep]},
+    )
+
+
+def _is_built(path: Path, config: ModelConfig) -> bool:
+    """Whether `path` holds a complete model built from `config`'s recipe."""
+    try:
+        meta = json.loads((path / "model.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return meta.get("info", {}).get("build_key") == config.build_key()

@@ -1,0 +1,208 @@
+"""RealNVP normalizing flows over the bilinear coefficients (BabyFlow section 4.4, eq. 10-19).
+
+One `LatentFlow` per factor: w (K,) -> PCA to the components explaining `pca_variance` of the training
+variance, whitened -> u (D,) -> RealNVP f -> z (D,) ~ N(0, I). The coupling flow is zuko's `RealNVP`
+(affine coupling layers, `MonotonicAffineTransform`, alternating checkered partitions): it has exact
+inverses and log-determinants, so nothing here is hand-written except the training loss.
+
+Densities are over the D PCA coordinates of w (an orthonormal projection): the part of w outside the
+PCA subspace is ignored by `to_z` / `log_prob`, and `to_w` returns points of the subspace.
+"""
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+import zuko
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from synth.facemodel.config import FlowConfig
+
+log = logging.getLogger(__name__)
+
+# Sampling pushes latents through the networks in GEMMs of exactly this many rows, so a sample's bytes do
+# not depend on the batch it came in (see `synth.facemodel.bilinear.bilinear_decode`).
+BLOCK = 64
+
+
+def fit_pca(w: Tensor, variance: float) -> tuple[Tensor, Tensor, Tensor]:
+    """PCA of training coefficients w (n, K) keeping `variance` of the variance (at least 1 component).
+
+    Returns mean (K,), basis (D, K) with orthonormal rows, std (D,) the components' standard deviations.
+    """
+    w64 = w.double()
+    mean = w64.mean(0)
+    _, s, vh = torch.linalg.svd(w64 - mean, full_matrices=False)  # s: (min(n, K),), vh: (., K)
+    var = s.square() / max(w.shape[0] - 1, 1)
+    frac = var.cumsum(0) / var.sum()
+    dim = int(torch.searchsorted(frac, torch.tensor(variance - 1e-12, dtype=frac.dtype)).item()) + 1
+    dim = max(1, min(dim, int((var > var[0] * 1e-12).sum())))
+    return mean.float(), vh[:dim].float(), var[:dim].sqrt().float()
+
+
+class LatentFlow(nn.Module):
+    """w (B, K) <-> z (B, D): whitened PCA followed by a RealNVP of `layers` affine coupling layers.
+
+    pca_mean: (K,), pca_basis: (D, K) orthonormal rows, pca_std: (D,) all in coefficient units.
+    """
+
+    def __init__(
+        self,
+        pca_mean: Tensor,
+        pca_basis: Tensor,
+        pca_std: Tensor,
+        layers: int,
+        hidden: int,
+        hidden_layers: int,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("pca_mean", pca_mean.float().clone())
+        self.register_buffer("pca_basis", pca_basis.float().clone())
+        self.register_buffer("pca_std", pca_std.float().clone())
+        self.layers, self.hidden, self.hidden_layers = layers, hidden, hidden_layers
+        self.flow = zuko.flows.RealNVP(
+            self.dim_z, transforms=layers, hidden_features=(hidden,) * hidden_layers
+        )
+
+    @property
+    def dim_w(self) -> int:
+        return self.pca_basis.shape[1]
+
+    @property
+    def dim_z(self) -> int:
+        return self.pca_basis.shape[0]
+
+    def architecture(self) -> dict[str, int]:
+        """What `from_architecture` needs to rebuild this module before loading its state."""
+        return {
+            "dim_w": self.dim_w,
+            "dim_z": self.dim_z,
+            "layers": self.layers,
+            "hidden": self.hidden,
+            "hidden_layers": self.hidden_layers,
+        }
+
+    @classmethod
+    def from_architecture(cls, arch: dict[str, int]) -> "LatentFlow":
+        """An untrained flow with placeholder PCA buffers, to `load_state_dict` into."""
+        dim_w, dim_z = arch["dim_w"], arch["dim_z"]
+        return cls(
+            torch.zeros(dim_w), torch.zeros(dim_z, dim_w), torch.ones(dim_z),
+            arch["layers"], arch["hidden"], arch["hidden_layers"],
+        )  # fmt: skip
+
+    def whiten(self, w: Tensor) -> Tensor:
+        """w (B, K) -> u (B, D) whitened PCA coordinates."""
+        return (w - self.pca_mean) @ self.pca_basis.T / self.pca_std
+
+    def unwhiten(self, u: Tensor) -> Tensor:
+        """u (B, D) -> w (B, K) in the PCA subspace."""
+        return (u * self.pca_std) @ self.pca_basis + self.pca_mean
+
+    def to_z(self, w: Tensor, block: int | None = None) -> Tensor:
+        """w (B, K) -> z (B, D), f of eq. 10."""
+        return _blocked(lambda x: self.flow().transform(self.whiten(x)), w, block)
+
+    def to_w(self, z: Tensor, block: int | None = None) -> Tensor:
+        """z (B, D) -> w (B, K), the exact inverse f^-1 (eq. 15)."""
+        return _blocked(lambda x: self.unwhiten(self.flow().transform.inv(x)), z, block)
+
+    def log_prob(self, w: Tensor) -> Tensor:
+        """log p_W(w) (B,) of the PCA coordinates of w (eq. 10), whitening Jacobian included."""
+        return self.flow().log_prob(self.whiten(w)) - self.pca_std.log().sum()
+
+    def nll_u(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample NLL of whitened u (B, D) (eq. 12) and z = f(u) (B, D), differentiable in u."""
+        dist = self.flow()
+        z, ladj = dist.transform.call_and_ladj(u)
+        return -(dist.base.log_prob(z) + ladj), z
+
+
+def _blocked(fn: Callable[[Tensor], Tensor], x: Tensor, block: int | None) -> Tensor:
+    """fn over x (B, D) in zero-padded blocks of exactly `block` rows (all at once when block is None)."""
+    if block is None:
+        return fn(x)
+    n = x.shape[0]
+    pad = (-n) % block
+    padded = torch.cat([x, x.new_zeros(pad, x.shape[1])]) if pad else x
+    return torch.cat([fn(chunk) for chunk in padded.split(block)])[:n]
+
+
+def _init_parameters(module: nn.Module, generator: torch.Generator) -> None:
+    """Seeded initialisation (no global RNG): zuko's own U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for hidden
+    layers, and zero for the rest (each coupling network's output layer; the element-wise affine maps zuko
+    uses when D = 1) so that training starts from the identity map."""
+    for param in module.parameters():
+        nn.init.zeros_(param)
+    for mlp in (m for m in module.modules() if isinstance(m, zuko.nn.MLP)):
+        linears = [m for m in mlp.modules() if isinstance(m, zuko.nn.Linear | nn.Linear)]
+        for lin in linears[:-1]:
+            bound = 1.0 / math.sqrt(lin.weight.shape[-1])
+            nn.init.uniform_(lin.weight, -bound, bound, generator=generator)
+            nn.init.uniform_(lin.bias, -bound, bound, generator=generator)
+
+
+def jacobian_frobenius(z: Tensor, u: Tensor, generator: torch.Generator, probes: int = 1) -> Tensor:
+    """Per-sample estimate of ||J_f(u)||_F (eq. 18), differentiable: z = f(u) (B, D) with u requiring grad.
+
+    Hutchinson: for v ~ N(0, I), E |v^T J|^2 = ||J||_F^2, so the mean over `probes` vector-Jacobian
+    products is an unbiased estimate of ||J||_F^2 at one backward pass each (the exact norm costs D);
+    its square root (slightly biased low) is the penalty of eq. 19.
+    """
+    total = torch.zeros(u.shape[0], dtype=u.dtype, device=u.device)
+    for _ in range(probes):
+        v = torch.randn(z.shape, generator=generator, dtype=z.dtype, device="cpu").to(z.device)
+        (vjp,) = torch.autograd.grad(z, u, grad_outputs=v, create_graph=True)  # (B, D)
+        total = total + vjp.square().sum(-1)
+    return (total / probes + 1e-12).sqrt()
+
+
+def train_flow(
+    w_train: Tensor,
+    config: FlowConfig,
+    generator: torch.Generator,
+    progress: bool = False,
+    name: str = "flow",
+) -> tuple[LatentFlow, dict[str, float]]:
+    """Fit one factor's flow to its training coefficients w_train (n, K) on CPU, deterministically.
+
+    Loss per minibatch (eq. 19): mean NLL of the dequantised whitened coefficients + lambda_jac x mean
+    Hutchinson ||J_f||_F. Dequantisation (paper 4.4): w~ = w + eps, eps ~ sqrt(sigma_w) U(0, 1) with
+    sigma_w the variance per coordinate, i.e. U(0, 1) x dequant_scale in whitened coordinates; the noise
+    is centred (U(0, 1) - 1/2) because the uncentred draw would shift the learned density by half a
+    standard deviation in every coordinate and every sample would inherit that shift.
+
+    Returns the flow (eval mode) and {"train_nll": final mean NLL of the clean training set, "dim_z": D}.
+    """
+    mean, basis, std = fit_pca(w_train, config.pca_variance)
+    flow = LatentFlow(mean, basis, std, config.layers, config.hidden, config.hidden_layers)
+    _init_parameters(flow, generator)
+    u_all = flow.whiten(w_train.float()).detach()  # (n, D)
+    n = u_all.shape[0]
+    batch = min(config.batch_size, n)
+    opt = torch.optim.Adam(flow.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    flow.train()
+    bar = tqdm(
+        range(config.epochs), desc=f"training {name} (D={flow.dim_z})", disable=not progress, leave=False
+    )
+    for _ in bar:
+        perm = torch.randperm(n, generator=generator)
+        for idx in perm.split(batch):
+            noise = torch.rand(len(idx), flow.dim_z, generator=generator) - 0.5
+            u = (u_all[idx] + config.dequant_scale * noise).requires_grad_(True)
+            nll, z = flow.nll_u(u)
+            loss = nll.mean()
+            if config.lambda_jac > 0:
+                loss = loss + config.lambda_jac * jacobian_frobenius(z, u, generator).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        bar.set_postfix(loss=float(loss.detach()))
+    flow.eval()
+    flow.requires_grad_(False)
+    with torch.no_grad():
+        train_nll = float(-flow.log_prob(w_train.float()).mean())
+    log.info("%s: D=%d of K=%d, train NLL %.3f", name, flow.dim_z, flow.dim_w, train_nll)
+    return flow, {"train_nll": train_nll, "dim_z": flow.dim_z}
