@@ -19,33 +19,34 @@ CONTROLNET_DEPTH = "lllyasviel/control_v11f1p_sd15_depth"
 CONTROLNET_CANNY = "lllyasviel/control_v11p_sd15_canny"
 
 
+# Enum members are lower case because they are what users type (`diffusion.scheduler=dpmsolver_pp`).
 class DiffusionKind(Enum):
     """Which pipeline runs: none (diffusion off), the tiny offline test pipeline, or SD 1.5 + ControlNets."""
 
-    NONE = "none"
-    TINY = "tiny"
-    SD15_CONTROLNET = "sd15_controlnet"
+    none = "none"
+    tiny = "tiny"
+    sd15_controlnet = "sd15_controlnet"
 
 
 class SchedulerKind(Enum):
-    UNIPC = "unipc"
-    DPMSOLVER_PP = "dpmsolver_pp"
+    unipc = "unipc"
+    dpmsolver_pp = "dpmsolver_pp"
 
 
 class EthnicityMode(Enum):
     """SAMPLE: each sample draws its tokens from its own seeded stream; SWEEP: tokens cycle with the index."""
 
-    SAMPLE = "sample"
-    SWEEP = "sweep"
+    sample = "sample"
+    sweep = "sweep"
 
 
 class DType(Enum):
     """AUTO: float16 on CUDA, float32 on CPU (CPU half precision is slow and inexact)."""
 
-    AUTO = "auto"
-    FLOAT32 = "float32"
-    FLOAT16 = "float16"
-    BFLOAT16 = "bfloat16"
+    auto = "auto"
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -61,13 +62,13 @@ class DiffusionConfig:
     first use. `local_files_only=None` means: true when `HF_HUB_OFFLINE` is set or the hub is unreachable.
     """
 
-    kind: DiffusionKind = DiffusionKind.NONE
+    kind: DiffusionKind = DiffusionKind.none
     base_model: str = BASE_MODEL
     controlnet_depth: str = CONTROLNET_DEPTH
     controlnet_canny: str = CONTROLNET_CANNY
     local_files_only: bool | None = None
     tiny_dir: str | None = None
-    scheduler: SchedulerKind = SchedulerKind.UNIPC
+    scheduler: SchedulerKind = SchedulerKind.unipc
     steps: int = 20
     guidance_scale: float = 7.5
     depth_scale: float = 1.0
@@ -77,8 +78,8 @@ class DiffusionConfig:
     images_per_sample: int = 1
     prompt_template: str = PROMPT_TEMPLATE
     ethnicities: list[str] = field(default_factory=lambda: list(ETHNICITIES))
-    ethnicity_mode: EthnicityMode = EthnicityMode.SAMPLE
-    dtype: DType = DType.AUTO
+    ethnicity_mode: EthnicityMode = EthnicityMode.sample
+    dtype: DType = DType.auto
     device: str = "auto"
     batch_size: int = 8
     compile: bool = False
@@ -125,7 +126,7 @@ class DiffusionConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.kind is not DiffusionKind.NONE
+        return self.kind is not DiffusionKind.none
 
     def resolved_tiny_dir(self) -> Path:
         """Where the tiny pipeline lives (`tiny_dir`, else under the synth user cache)."""

@@ -31,7 +31,7 @@ _BASE_COMPONENTS = {
 }
 
 
-_DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16}
+_DTYPES = {DType.float32: torch.float32, DType.float16: torch.float16, DType.bfloat16: torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def resolve_device(cfg: DiffusionConfig) -> torch.device:
 
 def resolve_dtype(cfg: DiffusionConfig, device: torch.device) -> torch.dtype:
     """`cfg.dtype`, with auto = float16 on CUDA and float32 on CPU."""
-    if cfg.dtype is DType.AUTO:
+    if cfg.dtype is DType.auto:
         return torch.float16 if device.type == "cuda" else torch.float32
     return _DTYPES[cfg.dtype]
 
@@ -83,7 +83,7 @@ def _hub_reachable(endpoint: str) -> bool:
 
 def resolve_sources(cfg: DiffusionConfig) -> WeightSources:
     """The three model sources of `cfg`; for `kind=tiny` the tiny pipeline, built on first use."""
-    if cfg.kind is DiffusionKind.TINY:
+    if cfg.kind is DiffusionKind.tiny:
         from synth.diffusion import tiny
 
         root = cfg.resolved_tiny_dir()
@@ -93,7 +93,7 @@ def resolve_sources(cfg: DiffusionConfig) -> WeightSources:
         return WeightSources(
             str(root / tiny.BASE), str(root / tiny.CONTROLNET_DEPTH), str(root / tiny.CONTROLNET_CANNY)
         )
-    if cfg.kind is DiffusionKind.NONE:
+    if cfg.kind is DiffusionKind.none:
         raise ValueError("diffusion.kind=none has no weights")
     return WeightSources(cfg.base_model, cfg.controlnet_depth, cfg.controlnet_canny)
 
@@ -223,7 +223,7 @@ def load_pipeline(cfg: DiffusionConfig, sources: WeightSources | None = None):
         low_cpu_mem_usage=False,
         local_files_only=offline,
     )
-    if cfg.scheduler is SchedulerKind.UNIPC:
+    if cfg.scheduler is SchedulerKind.unipc:
         pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
     else:
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(

@@ -28,7 +28,7 @@ def choose_ethnicities(cfg: DiffusionConfig, run_seed: int, indices: np.ndarray)
     n, k = len(tokens), cfg.images_per_sample
     out = np.empty((len(indices), k), dtype=object)
     for row, index in enumerate(np.asarray(indices, dtype=np.int64)):
-        if cfg.ethnicity_mode is EthnicityMode.SWEEP:
+        if cfg.ethnicity_mode is EthnicityMode.sweep:
             picks = (int(index) * k + np.arange(k)) % n
         else:
             picks = numpy_rng(run_seed, int(index), Stage.PROMPT).choice(n, size=k, replace=k > n)
