@@ -87,7 +87,8 @@ class AnnyPriorConfig:
     local_change_peak_mm: one standard deviation of each local change moves its most displaced vertex by
         this much (Anny's targets are adult-sized: ear-scale moves 10 mm, nose-width1 2 mm at 1.0).
     local_change_max_std: cap on any local change's standard deviation (Anny's range is [-1, 1]).
-    local_change_asymmetry: share of each left/right pair's variance that differs between the sides.
+    local_change_asymmetry: share of each left/right pair's variance that differs between the sides; the
+        sideways shifts of midline features (nose-, mouth-trans-out) get this share of their variance.
     """
 
     age_months_range: tuple[float, float] = (0.0, 36.0)
@@ -459,7 +460,10 @@ def sample_identity(prior: AnnyPriorConfig, rng: np.random.Generator) -> Identit
             common[index[right]] = common[index[left]]
     a = prior.local_change_asymmetry
     paired = np.array([lab.startswith(("l-", "r-")) for lab in lc_labels])
+    # Midline features shifted sideways (nose-trans-out, mouth-trans-out) are pure asymmetry.
+    lateral = np.array([lab.endswith("-trans-out") and not lab.startswith(("l-", "r-")) for lab in lc_labels])
     z = np.where(paired, math.sqrt(1 - a) * common + math.sqrt(a) * side, common)
+    z = np.where(lateral, math.sqrt(a) * side, z)
     local = np.clip(z * std, -1.0, 1.0)
     return IdentityParams(np.array([age_months]), pheno[None], local[None], labels, lc_labels)
 
