@@ -36,6 +36,7 @@ the average of the two, exactly mirror-symmetric on all paired vertices.
 """
 
 import importlib.metadata
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -58,6 +59,10 @@ from synth.seeding import Stage, numpy_rng
 log = logging.getLogger(__name__)
 
 N_ACTIONS = 52
+FRAME = (
+    "metres; x = subject's left, y = back of the head (face looks towards -y), z = up; "
+    "origin at the reference infant's cranium centroid"
+)
 RACES = ("african", "asian", "caucasian")
 # Local changes that move the whole head, age it, or shape the neck / body: not face-shape variation.
 _EXCLUDED_HEAD_CHANGES = frozenset(
@@ -600,14 +605,18 @@ def build_anny_tensor(config: AnnySourceConfig, seed: int, progress: bool = True
         au_names=list(catalogue.au_names),
         expression_aus=catalogue.expression_aus[ex].copy(),
         identity_ids=names,
-        source={
-            "kind": "anny",
-            "anny_version": importlib.metadata.version("anny"),
-            "seed": int(seed),
-            "config": asdict(config),
-            "frame": "metres; x = subject's left, y = back of the head (face looks towards -y), z = up; "
-            "origin at the reference infant's cranium centroid",
-            "identities": params.summary(),
-            "unpaired_vertices": topo.unpaired.tolist(),
-        },
+        # JSON-normalised (tuples -> lists) so the provenance round-trips through model.json and .npz files.
+        source=json.loads(
+            json.dumps(
+                {
+                    "kind": "anny",
+                    "anny_version": importlib.metadata.version("anny"),
+                    "seed": int(seed),
+                    "config": asdict(config),
+                    "frame": FRAME,
+                    "identities": params.summary(),
+                    "unpaired_vertices": topo.unpaired.tolist(),
+                }
+            )
+        ),
     )
