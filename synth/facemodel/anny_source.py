@@ -537,19 +537,28 @@ def facial_action_bases(params: IdentityParams) -> tuple[np.ndarray, np.ndarray]
 
 
 def expression_meshes(
-    params: IdentityParams, actions: np.ndarray, batch_size: int = 128, progress: bool = False
+    params: IdentityParams,
+    actions: np.ndarray,
+    batch_size: int = 128,
+    progress: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Aligned meshes of every identity in every expression.
 
     params: n identities; actions: (E, 52) facial-action weights per expression (row 0 must be neutral,
     all zeros: it defines the identity's alignment).
+    out: optional (n, E, N, 3) float32 array (or view) to fill, to avoid a second copy of large tensors.
     Returns (n, E, N, 3) float32, metres, common frame.
     """
     if np.any(actions[0] != 0):
         raise ValueError("expression_meshes: actions[0] must be the neutral expression (all zeros)")
     model, topo = anny_head_model(), anny_topology()
     n, n_ex = len(params), len(actions)
-    out = np.empty((n, n_ex, topo.symmetry.size, 3), dtype=np.float32)
+    shape = (n, n_ex, topo.symmetry.size, 3)
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"expression_meshes: out must be float32 {shape}, got {out.dtype} {out.shape}")
     chunk = max(1, batch_size // n_ex)  # identities per forward call
     for start in tqdm(range(0, n, chunk), desc="anny identities", unit="batch", disable=not progress):
         ids = np.arange(start, min(start + chunk, n))
@@ -580,23 +589,22 @@ def build_anny_tensor(config: AnnySourceConfig, seed: int, progress: bool = True
     actions = catalogue.expression_actions(config.delta, ex)  # (E, 52)
     params = sample_identities(config.prior, seed, config.n_identities)
 
-    base = expression_meshes(params, actions, config.batch_size, progress)  # (n, E, N, 3)
-    n, n_ex = base.shape[:2]
+    n, n_ex, n_vert = config.n_identities, len(ex), topo.symmetry.size
     names = [f"anny-{i:04d}" for i in range(n)]
     if config.variants:
+        # Base identities fill every third slot; the variants are derived in place (one copy in memory).
+        vertices = np.empty((3 * n, n_ex, n_vert, 3), dtype=np.float32)
+        expression_meshes(params, actions, config.batch_size, progress, out=vertices[0::3])
         # Mirrored identity in expression e = mirror image of the base in the mirror expression e'.
         position = {int(c): j for j, c in enumerate(ex)}
         mirror_ex = np.array([position[int(catalogue.expression_mirror[c])] for c in ex])
-        vertices = np.empty((3 * n, n_ex, base.shape[2], 3), dtype=np.float32)
         for i in range(n):
-            mirrored = mirror_vertices(base[i, mirror_ex], topo.symmetry)
-            vertices[3 * i] = base[i]
-            vertices[3 * i + 1] = mirrored
-            vertices[3 * i + 2] = 0.5 * (base[i] + mirrored)
-        del base
+            base = vertices[3 * i]
+            vertices[3 * i + 1] = mirror_vertices(base[mirror_ex], topo.symmetry)
+            vertices[3 * i + 2] = 0.5 * (base + vertices[3 * i + 1])
         names = [f"{b}{suffix}" for b in names for suffix in ("", "-mirror", "-sym")]
     else:
-        vertices = base
+        vertices = expression_meshes(params, actions, config.batch_size, progress)
 
     return FaceTensor(
         vertices=vertices,
