@@ -93,14 +93,14 @@ def _canonical_edge(ia: Tensor, a: Tensor, ib: Tensor, b: Tensor, px: Tensor, py
 
 
 class TorchRasterizer:
-    """Pure PyTorch reference: 32x32 pixel tiles, each tested against the triangles whose box overlaps it.
+    """Pure PyTorch reference: 8x8 pixel tiles, each tested against the triangles whose box overlaps it.
 
     Computes in float64 on any torch device. Slow (seconds per 512 px image on CPU); it exists to cross-check
     the fast backends with an independent implementation.
     """
 
     name = "torch"
-    tile = 32
+    tile = 8
 
     def rasterize(
         self, verts_cam: Tensor, faces: Tensor, intrinsics: Tensor, height: int, width: int
