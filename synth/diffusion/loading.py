@@ -107,21 +107,22 @@ def check_weights(cfg: DiffusionConfig) -> WeightSources:
     """
     sources = resolve_sources(cfg)
     offline = local_files_only(cfg)
-    problems = [
-        problem
+    problems = {
+        key: problem
         for key, source, kind in (
             ("diffusion.base_model", sources.base, "base"),
             ("diffusion.controlnet_depth", sources.depth, "controlnet"),
             ("diffusion.controlnet_canny", sources.canny, "controlnet"),
         )
         if (problem := _problem(key, source, kind, offline)) is not None
-    ]
+    }
     if problems:
+        first = next(iter(problems))
         raise SynthError(
             "diffusion weights missing: "
-            + "; ".join(problems)
-            + ". Fix: point the key at a local directory with the weights"
-            + " (e.g. diffusion.base_model=/path/to/sd15)"
+            + "; ".join(problems.values())
+            + f". Fix: point {'each key' if len(problems) > 1 else first} at a local copy of the weights"
+            + f" (e.g. {first}=/path/to/weights)"
             + (", download them with `hf download <id>` where there is network" if offline else "")
             + ", or run with diffusion=none (or diffusion=tiny for the offline test pipeline)"
         )
