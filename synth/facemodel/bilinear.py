@@ -177,24 +177,29 @@ def encode(
     vertices: Tensor,
     w_id_reference: Tensor,
     w_ex_reference: Tensor,
-    w_ex_init: Tensor,
     iterations: int = 50,
     tol: float = 1e-10,
 ) -> tuple[Tensor, Tensor]:
     """Coefficients of meshes in the model's topology and frame by alternating least squares.
 
     core: (3N, I, E), mean: (3N,), vertices: (B, N, 3) metres, w_id_reference: (n_id, I) and
-    w_ex_reference: (n_ex, E) the training rows, w_ex_init: (E,) starting expression (e.g. neutral).
-    Returns w_id (B, I), w_ex (B, E) float32. No rigid alignment is done: the meshes must already be in
-    the model frame. Stops when no mesh's squared residual changes by more than `tol` of its energy.
+    w_ex_reference: (n_ex, E) the training rows. Returns w_id (B, I), w_ex (B, E) float32. No rigid
+    alignment is done: the meshes must already be in the model frame.
+
+    ALS on a bilinear form can stall far from the optimum when started badly (from neutral, a training
+    mesh in a strong expression stalls at cm errors), so each mesh starts from the catalogue expression
+    whose face on the mean identity is closest to it; a mesh of the training tensor is then fitted
+    exactly in one sweep. Stops when no mesh's squared residual changes by more than `tol` of its energy.
 
     x - mu = C x2 w_id x3 w_ex fixes (w_id, w_ex) only up to (a w_id, w_ex / a); the scale is chosen so that
     both factors have the same norm relative to their training rows' RMS norm, and the sign so that w_ex
     points towards its most similar catalogue expression.
     """
-    batch = vertices.shape[0]
-    w_ex = w_ex_init.to(core)[None].expand(batch, -1).clone()
+    w_id_reference, w_ex_reference = w_id_reference.to(core), w_ex_reference.to(core)
     d = vertices.flatten(1).to(core) - mean  # (B, 3N)
+    mean_id = w_id_reference.mean(0, keepdim=True).expand(len(w_ex_reference), -1)  # (n_ex, I)
+    candidates = bilinear_decode(core, mean, mean_id, w_ex_reference).flatten(1) - mean  # (n_ex, 3N)
+    w_ex = w_ex_reference[torch.cdist(d, candidates).argmin(1)]  # (B, E)
     energy = d.double().square().sum(1).clamp_min(1e-30)  # (B,)
     prev = torch.full_like(energy, float("inf"))
     for _ in range(iterations):
@@ -204,7 +209,7 @@ def encode(
         if bool(((prev - err).abs() <= tol * energy).all()):
             break
         prev = err
-    return _canonical_scale(w_id, w_ex, w_id_reference.to(w_id), w_ex_reference.to(w_ex))
+    return _canonical_scale(w_id, w_ex, w_id_reference, w_ex_reference)
 
 
 def _canonical_scale(w_id: Tensor, w_ex: Tensor, ref_id: Tensor, ref_ex: Tensor) -> tuple[Tensor, Tensor]:

@@ -98,23 +98,30 @@ def build_model(config: ModelConfig, out_dir: str | Path | None = None, progress
 
 
 def build_face_model(config: ModelConfig, progress: bool = True) -> tuple[FaceModel, FaceTensor | None]:
-    """The recipe: (1) tensor from the source, (2) HOSVD with per-mode truncation, (3) one RealNVP per
-    factor, (4) the `FaceModel`. Returns it with the held-out identities for the report (or None)."""
-    timings: dict[str, float] = {}
+    """The recipe: (1) tensor from the source, then `model_from_tensor`. Returns the model with the
+    held-out identities for the report (None when there are none)."""
     start = time.perf_counter()
-
     # 1. the identity x expression tensor (3 x n_identities with mirrored and symmetrised variants)
     tensor = source_tensor(config, progress)
-    timings["tensor_s"] = time.perf_counter() - start
+    tensor_s = time.perf_counter() - start
+    model = model_from_tensor(tensor, config, progress)
+    model.info["timings_s"] = {"tensor": tensor_s, **model.info["timings_s"]}
+    held_out = None
+    if config.report_held_out > 0 and config.source is ModelSource.anny:
+        held_out = held_out_tensor(config, progress)
+    return model, held_out
+
+
+def model_from_tensor(tensor: FaceTensor, config: ModelConfig, progress: bool = False) -> FaceModel:
+    """(2) HOSVD with per-mode truncation, (3) one RealNVP per factor, (4) the `FaceModel`."""
     log.info(
         "tensor: %d identities x %d expressions x %d vertices",
         tensor.n_identities, tensor.n_expressions, tensor.n_vertices,
     )  # fmt: skip
-
     # 2. HOSVD of T (eq. 8-9), truncated per mode by explained variance
     t = time.perf_counter()
     h = bilinear.hosvd(tensor, config.variance_id, config.variance_ex)
-    timings["hosvd_s"] = time.perf_counter() - t
+    hosvd_s = time.perf_counter() - t
     log.info("HOSVD keeps %s", h.kept())
 
     # 3. flows on the training coefficients (eq. 10-19), each from its own seeded stream
@@ -125,10 +132,10 @@ def build_face_model(config: ModelConfig, progress: bool = True) -> tuple[FaceMo
     flow_ex, hist_ex = train_flow(
         h.w_ex, config.flow, torch_generator(config.seed, 0, Stage.BUILD, 2), progress, "expression flow"
     )
-    timings["flows_s"] = time.perf_counter() - t
+    flows_s = time.perf_counter() - t
 
     # 4. the model
-    model = FaceModel(
+    return FaceModel(
         core=h.core,
         mean=h.mean,
         faces=torch.as_tensor(tensor.faces, dtype=torch.int64),
@@ -148,14 +155,9 @@ def build_face_model(config: ModelConfig, progress: bool = True) -> tuple[FaceMo
             "source": json.loads(json.dumps(tensor.source, default=str)),
             "hosvd": h.kept(),
             "flows": {"id": hist_id, "ex": hist_ex},
+            "timings_s": {"hosvd": hosvd_s, "flows": flows_s},
         },
     )
-    timings["total_s"] = time.perf_counter() - start
-    log.info("built in %.1f s (%s)", timings["total_s"], {k: round(v, 1) for k, v in timings.items()})
-    held_out = None
-    if config.report_held_out > 0 and config.source is ModelSource.anny:
-        held_out = held_out_tensor(config, progress)
-    return model, held_out
 
 
 def source_tensor(config: ModelConfig, progress: bool) -> FaceTensor:

@@ -189,7 +189,7 @@ class FaceModel:
     def encode(self, vertices: Tensor, iterations: int = 50) -> tuple[Tensor, Tensor]:
         """Least-squares coefficients of meshes (B, N, 3) in the model's topology and frame (metres).
 
-        Alternating least squares from the neutral expression (see `bilinear.encode`); returns
+        Alternating least squares from the nearest catalogue expression (see `bilinear.encode`); returns
         w_id (B, I), w_ex (B, E). Meshes must already be rigidly aligned to the model frame.
         """
         if vertices.ndim != 3 or tuple(vertices.shape[1:]) != (self.n_vertices, 3):
@@ -204,7 +204,6 @@ class FaceModel:
                 chunk.to(self.core),
                 self.identity_coefficients,
                 self.expression_coefficients,
-                self.neutral_w_ex,
                 iterations,
             )
             for chunk in vertices.split(16)
@@ -289,7 +288,8 @@ class FaceModel:
 
     @property
     def model_id(self) -> str:
-        """16 hex digits of a sha256 over every array (name, dtype, shape, bytes) and the metadata."""
+        """16 hex digits of a sha256 over every array (name, dtype, shape, bytes) and the metadata (build
+        recipe included, build timings excluded)."""
         if self._model_id is None:
             h = hashlib.sha256()
             for file, tensors in sorted(self.arrays().items()):
@@ -297,7 +297,10 @@ class FaceModel:
                     t = t.detach().cpu().contiguous()
                     h.update(f"{file}/{name}:{t.dtype}:{tuple(t.shape)}".encode())
                     h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            h.update(json.dumps(self._metadata_core(), sort_keys=True).encode())
+            meta = self._metadata_core()
+            # build timings vary from run to run; they describe the build, not the model
+            meta["info"] = {k: v for k, v in meta["info"].items() if k != "timings_s"}
+            h.update(json.dumps(meta, sort_keys=True).encode())
             self._model_id = h.hexdigest()[:16]
         return self._model_id
 
