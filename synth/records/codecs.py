@@ -1,5 +1,9 @@
 """Bytes <-> arrays for every member encoding of `synth.records.schema`.
 
+The depth and normal quantisations are the renderer's (`synth.render.maps`, one place for each
+convention); they are imported when first used, so that `synth validate` without depth/normal members and
+the schema tools do not import torch and Warp.
+
 PNG and JPEG go through OpenCV (libpng / libjpeg-turbo): it is the fastest encoder and decoder installed
 here, and its output is a plain PNG / JPEG that PIL, imageio or any browser reads the same way. OpenCV
 orders colour channels BGR, so the RGB members are flipped on the way in and out.
@@ -66,49 +70,50 @@ def encode_latents(latents: dict[str, np.ndarray]) -> bytes:
     return encode_npz({k: np.asarray(latents[k], dtype=np.float32) for k in LATENT_NAMES})
 
 
-def depth_to_png16_mm(depth: np.ndarray, compression: int = 1) -> tuple[bytes, bool]:
+def encode_depth(depth: np.ndarray, compression: int = 1) -> tuple[bytes, bool]:
     """depth (H, W) float metres, 0 = background -> (16-bit PNG bytes of millimetres, clipped flag).
 
-    Millimetres are rounded half to even; depths beyond 65.535 m are clipped to 65535 and flagged.
+    The quantisation is the renderer's (`synth.render.maps.depth_to_png16_mm`: nearest millimetre,
+    foreground at least 1 mm, at most 65535); `clipped` says whether a depth beyond 65.535 m was clipped.
     """
+    from synth.render.maps import depth_to_png16_mm
+
     depth = np.asarray(depth)
     if depth.ndim != 2:
         raise ValueError(f"depth must be (H, W), got shape {depth.shape}")
     if not np.isfinite(depth).all() or (depth < 0).any():
         raise ValueError("depth must be finite and >= 0 (0 = background)")
-    clipped = bool((depth > DEPTH_MAX_M).any())
-    mm = np.rint(np.minimum(depth, DEPTH_MAX_M).astype(np.float64) * 1000.0).astype(np.uint16)  # (H, W)
-    return _png(mm, compression), clipped
+    return _png(depth_to_png16_mm(depth), compression), bool((depth > DEPTH_MAX_M).any())
 
 
-def png16_mm_to_depth(data: bytes) -> np.ndarray:
-    """16-bit millimetre PNG -> depth (H, W) float32 metres."""
-    mm = _unpng(data, np.uint16, 2)
-    return mm.astype(np.float32) / np.float32(1000.0)
+def decode_depth(data: bytes) -> np.ndarray:
+    """16-bit millimetre PNG -> depth (H, W) float32 metres (0 = background)."""
+    from synth.render.maps import png16_mm_to_depth
+
+    return png16_mm_to_depth(_unpng(data, np.uint16, 2))
 
 
-def normals_to_png8(normal: np.ndarray, compression: int = 1) -> bytes:
+def encode_normal(normal: np.ndarray, compression: int = 1) -> bytes:
     """normal (H, W, 3) float camera-space unit vectors, 0 = background -> 8-bit RGB PNG bytes.
 
-    Each channel stores round((n + 1) * 127.5); background pixels (all-zero normal) store (0, 0, 0),
-    which no unit vector encodes to (one of its components is >= 1/sqrt(3)).
+    The quantisation is the renderer's (`synth.render.maps.normals_to_png8`: round((n + 1) * 127.5) per
+    channel, background (0, 0, 0)).
     """
+    from synth.render.maps import normals_to_png8
+
     normal = np.asarray(normal, dtype=np.float32)
     if normal.ndim != 3 or normal.shape[2] != 3:
         raise ValueError(f"normal must be (H, W, 3), got shape {normal.shape}")
     if not np.isfinite(normal).all():
         raise ValueError("normal must be finite")
-    rgb = np.clip(np.rint((normal + 1.0) * 127.5), 0, 255).astype(np.uint8)  # (H, W, 3)
-    rgb[~normal.any(axis=-1)] = 0
-    return _png(rgb[..., ::-1], compression)
+    return _png(normals_to_png8(normal)[..., ::-1], compression)
 
 
-def png8_to_normals(data: bytes) -> np.ndarray:
-    """8-bit RGB normal PNG -> (H, W, 3) float32 in [-1, 1], background = 0."""
-    rgb = _unpng(data, np.uint8, 3)[..., ::-1]  # (H, W, 3)
-    normal = rgb.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
-    normal[~rgb.any(axis=-1)] = 0.0
-    return normal
+def decode_normal(data: bytes) -> np.ndarray:
+    """8-bit RGB normal PNG -> (H, W, 3) float32 unit vectors (renormalised), background = 0."""
+    from synth.render.maps import png8_to_normals
+
+    return png8_to_normals(_unpng(data, np.uint8, 3)[..., ::-1])
 
 
 def mask_to_png1(mask: np.ndarray, compression: int = 1) -> bytes:
@@ -172,8 +177,8 @@ def decode_json(data: bytes) -> dict[str, Any]:
 DECODERS = {
     Encoding.NPY: decode_npy,
     Encoding.NPZ: decode_npz,
-    Encoding.PNG16: png16_mm_to_depth,
-    Encoding.PNG_RGB8: png8_to_normals,
+    Encoding.PNG16: decode_depth,
+    Encoding.PNG_RGB8: decode_normal,
     Encoding.PNG8: png8_to_gray,
     Encoding.PNG1: png1_to_mask,
     Encoding.JPEG: jpeg_to_rgb,

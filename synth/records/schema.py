@@ -119,12 +119,13 @@ MEMBERS: tuple[Member, ...] = (
     Member("lmk3d", "npy", Encoding.NPY, "float32", ("L", 3), "m", None, None, False,
            "3D landmarks in the world frame; definitions in landmarks.json"),
     Member("depth", "png", Encoding.PNG16, "float32", ("H", "W"), "m", 0.0, None, False,
-           "camera-frame z; stored as uint16 millimetres (round half to even, clipped at 65.535 m), "
-           "0 = background",
+           "camera-frame z; stored as uint16 millimetres (nearest mm, foreground >= 1 mm, clipped at "
+           "65.535 m), 0 = background",
            stored_dtype="uint16"),
     Member("normal", "png", Encoding.PNG_RGB8, "float32", ("H", "W", 3), "1", -1.0, 1.0, False,
            "camera-space unit normals (OpenCV axes); stored as round((n + 1) * 127.5) per channel, "
-           "with (0, 0, 0) = background (decoded as the zero vector)", stored_dtype="uint8"),
+           "(0, 0, 0) = background; decoded renormalised to unit length, background as the zero vector",
+           stored_dtype="uint8"),
     Member("mask", "png", Encoding.PNG1, "bool", ("H", "W"), "1", None, None, False,
            "face foreground; stored as a 1-bit PNG", stored_dtype="uint8"),
     Member("canny", "png", Encoding.PNG8, "uint8", ("H", "W"), "1", 0, 255, False,

@@ -174,9 +174,9 @@ def encode_sample(
         if name in wanted:
             files[f"{name}.npy"] = codecs.encode_npy(checked(name, sample[name]))
     if "depth" in wanted:
-        files["depth.png"], depth_clipped = codecs.depth_to_png16_mm(checked("depth", sample["depth"]), level)
+        files["depth.png"], depth_clipped = codecs.encode_depth(checked("depth", sample["depth"]), level)
     if "normal" in wanted:
-        files["normal.png"] = codecs.normals_to_png8(checked("normal", sample["normal"]), level)
+        files["normal.png"] = codecs.encode_normal(checked("normal", sample["normal"]), level)
     if "mask" in wanted:
         files["mask.png"] = codecs.mask_to_png1(checked("mask", sample["mask"]), level)
     for name in ("canny", "shaded"):
