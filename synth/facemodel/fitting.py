@@ -1,0 +1,526 @@
+"""Fitting latents to observations: 3D meshes (BabyFlow eq. 20-22), 2D keypoints (LiP-Flow eq. 10-12),
+and expression neutralisation (fit, swap in the neutral expression, decode).
+
+The math is written against `FitModel`, a small bundle of callables (decode, the z <-> w maps of each
+factor, their NLL), so the same code fits the flow model, its without-flow ablation and synthetic models
+in tests. `fit_model_from_face_model` builds one from a loaded `FaceModel`.
+
+Optimiser: L-BFGS with a strong-Wolfe line search. The energies are smooth, deterministic (full batch,
+no noise) and low-dimensional (tens to a few hundred latents per sample), which is the case quasi-Newton
+methods are made for; Adam needs hundreds of steps and a tuned learning rate to reach the same optimum.
+A batch of B meshes is one problem whose energy is the sum of B independent ones, so one L-BFGS run
+solves all of them; the line search is shared, which costs a few extra iterations, not accuracy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+MM_PER_M = 1000.0
+
+
+class Prior(Enum):
+    """The latent prior of a fit.
+
+    FLOW: the normalizing flow's NLL of w; the fit runs over z (w = f^-1(z)).
+    GAUSSIAN: a multivariate Gaussian on w from the training codes (BabyFlow eq. 22, no flow); fit over w.
+    NONE: no prior (maximum likelihood of the observations only); fit over w.
+    """
+
+    FLOW = "flow"
+    GAUSSIAN = "gaussian"
+    NONE = "none"
+
+
+class Alignment(Enum):
+    """How a target mesh is brought into the model frame before fitting."""
+
+    SIMILARITY = "similarity"  # rotation, translation and isotropic scale (Umeyama)
+    RIGID = "rigid"  # rotation and translation
+    NONE = "none"  # the target is already in the model frame
+
+
+@dataclass
+class FitOptions:
+    """Weights and schedule of a fit (BabyFlow eq. 20: E = gamma1 E_data + gamma2 E_prior).
+
+    E_data is the mean squared vertex error in mm^2 (3D) or the mean squared keypoint error in px^2 (2D);
+    E_prior is the prior's negative log-likelihood per latent dimension (nats), so both are O(1) and the
+    weights transfer between models of different sizes.
+    """
+
+    gamma1: float = 0.99
+    gamma2: float = 0.01
+    prior: Prior = Prior.FLOW
+    alignment: Alignment = Alignment.SIMILARITY
+    outer_iters: int = 2  # alternations identity <-> expression (BabyFlow 4.5)
+    inner_iters: int = 10  # L-BFGS iterations per block and alternation
+    # Then both factors jointly: alternation alone stalls in the bilinear scale ambiguity
+    # (w_id * a, w_ex / a), where joint quasi-Newton steps move along it (tests/facemodel/test_fitting.py).
+    final_joint_iters: int = 100
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prior, str):
+            self.prior = Prior(self.prior)
+        if isinstance(self.alignment, str):
+            self.alignment = Alignment(self.alignment)
+        if self.gamma1 < 0 or self.gamma2 < 0 or abs(self.gamma1 + self.gamma2 - 1.0) > 1e-6:
+            raise ValueError(
+                f"fit.gamma1={self.gamma1} and fit.gamma2={self.gamma2} must be >= 0 and sum to 1 "
+                "(BabyFlow eq. 20)"
+            )
+        for key in ("outer_iters", "inner_iters"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"fit.{key}={getattr(self, key)} must be >= 1")
+        if self.final_joint_iters < 0:
+            raise ValueError(f"fit.final_joint_iters={self.final_joint_iters} must be >= 0")
+
+
+@dataclass(frozen=True)
+class LatentFactor:
+    """One factor (identity or expression) of a latent model.
+
+    to_w: z (B, D) -> w (B, K), the inverse flow (and PCA back-projection, if the flow runs in PCA space).
+    to_z: w (B, K) -> z (B, D).
+    nll_w: w (B, K) -> (B,) negative log-density of w under the flow, in nats.
+    w_train: (n, K) the training codes; their mean and covariance give the Gaussian prior.
+    w_init: (K,) where fits start: the mean identity, or the neutral expression.
+    """
+
+    to_w: Callable[[Tensor], Tensor]
+    to_z: Callable[[Tensor], Tensor]
+    nll_w: Callable[[Tensor], Tensor]
+    w_train: Tensor
+    w_init: Tensor
+    gaussian: GaussianPrior = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gaussian", GaussianPrior.from_samples(self.w_train))
+
+    @property
+    def z_dim(self) -> int:
+        return int(self.to_z(self.w_init[None]).shape[-1])
+
+    @property
+    def w_dim(self) -> int:
+        return int(self.w_init.shape[-1])
+
+
+@dataclass(frozen=True)
+class FitModel:
+    """What fitting needs of a face model.
+
+    decode: (w_id (B, K_id), w_ex (B, K_ex)) -> vertices (B, N, 3), metres.
+    mean_shape: (N, 3) the Procrustes target (BabyFlow: the bilinear mean mu_x).
+    """
+
+    decode: Callable[[Tensor, Tensor], Tensor]
+    identity: LatentFactor
+    expression: LatentFactor
+    mean_shape: Tensor
+
+
+@dataclass(frozen=True)
+class GaussianPrior:
+    """A multivariate Gaussian on w: mean (K,), eigenvectors (K, K), eigenvalues (K,) of the covariance.
+
+    Eigenvalues are floored at 1e-6 of the largest, so directions the training codes never use (the
+    centred codes have rank n - 1) are strongly penalised instead of making the covariance singular.
+    """
+
+    mean: Tensor
+    eigvecs: Tensor
+    eigvals: Tensor
+
+    @staticmethod
+    def from_samples(w: Tensor) -> GaussianPrior:
+        w = w.to(torch.float64)
+        mean = w.mean(0)
+        cov = torch.cov(w.T).reshape(w.shape[1], w.shape[1])  # (K, K); reshape covers K == 1
+        eigvals, eigvecs = torch.linalg.eigh(cov)
+        eigvals = eigvals.clamp_min(1e-6 * eigvals.max().clamp_min(1e-30))
+        return GaussianPrior(mean.float(), eigvecs.float(), eigvals.float())
+
+    def mahalanobis_sq(self, w: Tensor) -> Tensor:
+        """w: (B, K) -> (B,) squared Mahalanobis distance to the mean."""
+        coeff = (w - self.mean.to(w)) @ self.eigvecs.to(w)  # (B, K) in the eigenbasis
+        return (coeff.square() / self.eigvals.to(w)).sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Alignment
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """x -> scale * x @ rotation^T + translation; rotation (B, 3, 3), scale (B,), translation (B, 3) metres."""
+
+    rotation: Tensor
+    scale: Tensor
+    translation: Tensor
+
+    def apply(self, x: Tensor) -> Tensor:
+        """x: (B, N, 3) -> (B, N, 3)."""
+        return self.scale[:, None, None] * x @ self.rotation.transpose(1, 2) + self.translation[:, None]
+
+    def invert(self, y: Tensor) -> Tensor:
+        """y: (B, N, 3) -> x with apply(x) == y."""
+        return (y - self.translation[:, None]) @ self.rotation / self.scale[:, None, None]
+
+    @staticmethod
+    def identity(
+        batch: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> Similarity:
+        eye = torch.eye(3, device=device, dtype=dtype).expand(batch, 3, 3).clone()
+        return Similarity(
+            eye,
+            torch.ones(batch, device=device, dtype=dtype),
+            torch.zeros(batch, 3, device=device, dtype=dtype),
+        )
+
+
+def procrustes(source: Tensor, target: Tensor, scale: bool = True) -> Similarity:
+    """The similarity (or rigid) transform that best maps `source` onto `target` in least squares.
+
+    source: (B, N, 3); target: (N, 3) or (B, N, 3). Umeyama (1991), batched; hand-written because the
+    scipy / sklearn versions are unbatched numpy and the fit runs on torch devices. Solved in float64 so
+    near-degenerate (flat) point sets keep a proper rotation.
+    """
+    dtype = source.dtype
+    src = source.to(torch.float64)
+    tgt = target.to(torch.float64).expand_as(src)
+    mu_s, mu_t = src.mean(1), tgt.mean(1)  # (B, 3)
+    xs, xt = src - mu_s[:, None], tgt - mu_t[:, None]  # (B, N, 3)
+    cov = xt.transpose(1, 2) @ xs / src.shape[1]  # (B, 3, 3) cross-covariance target x source
+    u, sig, vh = torch.linalg.svd(cov)
+    d = torch.ones_like(sig)
+    d[:, 2] = torch.sign(torch.linalg.det(u) * torch.linalg.det(vh))  # reflection guard
+    rot = u @ torch.diag_embed(d) @ vh  # (B, 3, 3)
+    if scale:
+        var_s = xs.square().sum((1, 2)) / src.shape[1]  # (B,)
+        s = (sig * d).sum(-1) / var_s
+    else:
+        s = torch.ones_like(mu_s[:, 0])
+    trans = mu_t - s[:, None] * (mu_s[:, None] @ rot.transpose(1, 2))[:, 0]
+    return Similarity(rot.to(dtype), s.to(dtype), trans.to(dtype))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The optimisation engine
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Latent variables of one factor and how they become w and a prior energy.
+
+    With the flow prior the variables are z. Otherwise they are whitened coordinates u of the training
+    codes' Gaussian, w = mean + u @ (V sqrt(lambda))^T: the same w, but an O(1), isotropic scale for the
+    quasi-Newton steps (raw w of an HOSVD model spans five orders of magnitude of sensitivity).
+    """
+
+    factor: LatentFactor
+    prior: Prior
+
+    def _basis(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        g = self.factor.gaussian
+        scale = g.eigvals.clamp_min(1e-4 * g.eigvals.max()).sqrt()  # (K,) the floor keeps u -> w invertible
+        return g.mean.to(like), (g.eigvecs * scale).to(like)  # (K,), (K, K)
+
+    def init(self, batch: int, start_w: Tensor | None) -> Tensor:
+        w0 = self.factor.w_init[None].expand(batch, -1) if start_w is None else start_w
+        w0 = w0.detach().float()
+        if self.prior is Prior.FLOW:
+            return self.factor.to_z(w0).detach().clone()
+        mean, basis = self._basis(w0)
+        return torch.linalg.solve(basis, (w0 - mean).T).T.contiguous()  # (B, K)
+
+    def w(self, x: Tensor) -> Tensor:
+        if self.prior is Prior.FLOW:
+            return self.factor.to_w(x)
+        mean, basis = self._basis(x)
+        return mean + x @ basis.T
+
+    def energy(self, x: Tensor, w: Tensor) -> Tensor:
+        """(B,) prior NLL per latent dimension."""
+        if self.prior is Prior.FLOW:
+            return self.factor.nll_w(w) / x.shape[-1]
+        if self.prior is Prior.GAUSSIAN:
+            return 0.5 * self.factor.gaussian.mahalanobis_sq(w) / w.shape[-1]
+        return torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
+
+
+def _lbfgs(params: Sequence[Tensor], energy: Callable[[], Tensor], iters: int) -> None:
+    """Minimise sum(energy()) over `params` in place with L-BFGS (strong Wolfe)."""
+    opt = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=iters,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = energy().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+@dataclass
+class LatentFit:
+    """Result of fitting a batch.
+
+    z_id (B, D_id), z_ex (B, D_ex), w_id (B, K_id), w_ex (B, K_ex): the fitted latents (z from to_z of w
+    when the fit ran in w space). vertices: (B, N, 3) the reconstruction in the target's own frame.
+    energy: (B,) final E; data_term: (B,) final E_data (mm^2 or px^2).
+    """
+
+    z_id: Tensor
+    z_ex: Tensor
+    w_id: Tensor
+    w_ex: Tensor
+    vertices: Tensor
+    energy: Tensor
+    data_term: Tensor
+    transform: Similarity | None = None
+
+
+def _fit(
+    model: FitModel,
+    data_energy: Callable[[Tensor], Tensor],
+    batch: int,
+    device: torch.device,
+    options: FitOptions,
+    start: tuple[Tensor | None, Tensor | None] = (None, None),
+    extra: Sequence[Tensor] = (),
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Alternating minimisation of gamma1 * data_energy(vertices) + gamma2 * prior over (id, ex).
+
+    data_energy: vertices in the model frame (B, N, 3) -> (B,); it may depend on the `extra` leaf
+    tensors (a pose), which are optimised in every block and updated in place.
+    Returns x_id, x_ex (the optimised variables), w_id, w_ex, energy (B,), data term (B,).
+    """
+    blocks = (_Block(model.identity, options.prior), _Block(model.expression, options.prior))
+    xs = [b.init(batch, s).to(device) for b, s in zip(blocks, start, strict=True)]
+
+    def energies() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        w_id, w_ex = blocks[0].w(xs[0]), blocks[1].w(xs[1])
+        e_data = data_energy(model.decode(w_id, w_ex))
+        e_prior = blocks[0].energy(xs[0], w_id) + blocks[1].energy(xs[1], w_ex)
+        return options.gamma1 * e_data + options.gamma2 * e_prior, e_data, w_id, w_ex
+
+    def run(which: Sequence[int], iters: int) -> None:
+        for i in range(2):
+            xs[i].requires_grad_(i in which)
+        for x in extra:
+            x.requires_grad_(True)
+        _lbfgs([*(xs[i] for i in which), *extra], lambda: energies()[0], iters)
+
+    for _ in range(options.outer_iters):  # BabyFlow 4.5: alternate identity and expression
+        run([0], options.inner_iters)
+        run([1], options.inner_iters)
+    if options.final_joint_iters:
+        run([0, 1], options.final_joint_iters)
+    with torch.no_grad():
+        e, e_data, w_id, w_ex = energies()
+    for x in extra:
+        x.requires_grad_(False)
+    return xs[0].detach(), xs[1].detach(), w_id, w_ex, e, e_data
+
+
+def _latents(model: FitModel, prior: Prior, x_id: Tensor, x_ex: Tensor, w_id: Tensor, w_ex: Tensor):
+    if prior is Prior.FLOW:
+        return x_id, x_ex
+    with torch.no_grad():
+        return model.identity.to_z(w_id), model.expression.to_z(w_ex)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3D-3D fitting and neutralisation
+# ----------------------------------------------------------------------------------------------------
+
+
+def fit_meshes(
+    model: FitModel,
+    vertices: Tensor,
+    options: FitOptions,
+    start: tuple[Tensor | None, Tensor | None] = (None, None),
+) -> LatentFit:
+    """Fit the model to registered meshes (BabyFlow 4.5, eq. 20-22).
+
+    vertices: (B, N, 3) metres, in the model's topology, any pose. A similarity (or rigid) pose from the
+    model frame to each target starts at the Procrustes alignment of the model mean and is optimised with
+    the latents; the reconstruction is returned in the target's frame, `transform` is that pose. start: optional (w_id, w_ex) initial codes, (B, K) each; default the mean identity and
+    the neutral expression.
+    """
+    if vertices.ndim != 3 or vertices.shape[1:] != model.mean_shape.shape:
+        raise ValueError(
+            f"meshes must be (B, {model.mean_shape.shape[0]}, 3) in the model's topology, got {tuple(vertices.shape)}"
+        )
+    device = vertices.device
+    vertices = vertices.float()
+    batch = vertices.shape[0]
+    # Pose: model frame -> target frame, initialised by Procrustes of the model mean onto the target and
+    # then refined with the latents (the mean-shape alignment alone is biased by the target's own shape).
+    pose0 = procrustes(
+        model.mean_shape.to(device)[None].expand(batch, -1, -1),
+        vertices,
+        scale=options.alignment is Alignment.SIMILARITY,
+    )
+    # Pose unknowns in millimetres of displacement at the mesh's radius, so they are O(1) like the latents.
+    radius_mm = MM_PER_M * (model.mean_shape - model.mean_shape.mean(0)).norm(dim=-1).mean().item()
+    rotvec = torch.zeros(batch, 3, device=device)  # rotation after pose0's, radians * radius_mm
+    log_scale = torch.zeros(batch, device=device)  # log scale * radius_mm
+    shift = torch.zeros(batch, 3, device=device)  # translation after pose0's, mm
+    extra = {Alignment.SIMILARITY: [rotvec, log_scale, shift], Alignment.RIGID: [rotvec, shift]}
+
+    def pose() -> Similarity:
+        if options.alignment is Alignment.NONE:
+            return Similarity.identity(batch, device)
+        return Similarity(
+            pose0.rotation @ rotation_matrix(rotvec / radius_mm),
+            pose0.scale * (log_scale / radius_mm).exp(),
+            pose0.translation + shift / MM_PER_M,
+        )
+
+    def data_energy(pred: Tensor) -> Tensor:
+        return (pose().apply(pred) - vertices).square().sum(-1).mean(-1) * MM_PER_M**2  # (B,) mm^2
+
+    x_id, x_ex, w_id, w_ex, e, e_data = _fit(
+        model, data_energy, batch, device, options, start, extra.get(options.alignment, ())
+    )
+    z_id, z_ex = _latents(model, options.prior, x_id, x_ex, w_id, w_ex)
+    with torch.no_grad():
+        fitted_pose = pose()
+        recon = fitted_pose.apply(model.decode(w_id, w_ex))
+    return LatentFit(z_id, z_ex, w_id.detach(), w_ex.detach(), recon, e, e_data, fitted_pose)
+
+
+def rotation_matrix(rotvec: Tensor) -> Tensor:
+    """Rodrigues: rotation vectors (B, 3) radians -> (B, 3, 3), smooth at 0 (sinc form)."""
+    theta = (rotvec.square().sum(-1) + 1e-24).sqrt()[:, None, None]  # (B, 1, 1)
+    zero = torch.zeros_like(rotvec[:, 0])
+    x, y, z = rotvec.unbind(-1)
+    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).unflatten(-1, (3, 3))  # (B, 3, 3) [v]x
+    a = torch.sinc(theta / torch.pi)  # sin(t) / t
+    b = 0.5 * torch.sinc(theta / (2 * torch.pi)).square()  # (1 - cos t) / t^2
+    return torch.eye(3, device=rotvec.device, dtype=rotvec.dtype) + a * k + b * (k @ k)
+
+
+def per_vertex_error(pred: Tensor, target: Tensor) -> Tensor:
+    """(B, N, 3), (B, N, 3) metres -> (B, N) Euclidean per-vertex error in millimetres."""
+    return (pred - target).norm(dim=-1) * MM_PER_M
+
+
+def neutral_twin(model: FitModel, w_id: Tensor) -> Tensor:
+    """The neutral-expression mesh of identities w_id (B, K_id) -> (B, N, 3), model frame.
+
+    The one definition of "the neutral of an identity": the pipeline's `identity_sets` neutral twins and
+    `neutralise` below both call it.
+    """
+    w_ex = model.expression.w_init.to(w_id)[None].expand(w_id.shape[0], -1)
+    return model.decode(w_id, w_ex)
+
+
+@dataclass
+class Neutralised:
+    """fit: the fit of the expressive input; vertices: (B, N, 3) the neutralised mesh in the input frame."""
+
+    fit: LatentFit
+    vertices: Tensor
+
+
+def neutralise(model: FitModel, vertices: Tensor, options: FitOptions) -> Neutralised:
+    """Fit expressive meshes (B, N, 3), set the expression to neutral, decode, and map back to the input frame."""
+    fit = fit_meshes(model, vertices, options)
+    with torch.no_grad():
+        neutral = fit.transform.apply(neutral_twin(model, fit.w_id))
+    return Neutralised(fit, neutral)
+
+
+class NeutraliseStage:
+    """Batch stage: {"mesh": (B, N, 3)} -> adds "mesh_neutral" (B, N, 3), "w_id_fit", "w_ex_fit", "z_id_fit".
+
+    A plain class over numpy batches (Ray Data `map_batches` style) so whole datasets are neutralised by
+    the same code as `neutralise`.
+    """
+
+    def __init__(self, model: FitModel, options: FitOptions, device: str = "cpu") -> None:
+        self.model, self.options, self.device = model, options, torch.device(device)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        verts = torch.as_tensor(np.asarray(batch["mesh"], dtype=np.float32), device=self.device)
+        out = neutralise(self.model, verts, self.options)
+        return {
+            **batch,
+            "mesh_neutral": out.vertices.cpu().numpy().astype(np.float32),
+            "w_id_fit": out.fit.w_id.cpu().numpy(),
+            "w_ex_fit": out.fit.w_ex.cpu().numpy(),
+            "z_id_fit": out.fit.z_id.cpu().numpy(),
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fitting from 2D keypoints (LiP-Flow setting)
+# ----------------------------------------------------------------------------------------------------
+
+
+def project_points(points: Tensor, K: Tensor, R: Tensor, t: Tensor) -> Tensor:
+    """Pinhole projection, OpenCV convention (DESIGN 6: camera.K, world-to-camera R, t).
+
+    points: (B, L, 3) world, metres; K: (B, 3, 3) pixels; R: (B, 3, 3); t: (B, 3) -> (B, L, 2) pixels.
+    Differentiable, for the fit's data term (the renderer's projection is numpy / not needed here).
+    """
+    cam = points @ R.transpose(1, 2) + t[:, None]  # (B, L, 3) camera frame
+    pix = cam @ K.transpose(1, 2)  # (B, L, 3) homogeneous pixels
+    return pix[..., :2] / pix[..., 2:3]
+
+
+def fit_keypoints(
+    model: FitModel,
+    keypoints: Tensor,
+    K: Tensor,
+    R: Tensor,
+    t: Tensor,
+    landmarks: Callable[[Tensor], Tensor],
+    options: FitOptions,
+    weights: Tensor | None = None,
+) -> LatentFit:
+    """Recover (z_id, z_ex) from 2D keypoints of known cameras (LiP-Flow eq. 10-12 with our priors).
+
+    keypoints: (B, L, 2) pixels; K, R, t: cameras as in `project_points`; landmarks: vertices (B, N, 3)
+    -> (B, L, 3) differentiable; weights: optional (B, L) visibility in [0, 1]. The mesh is in the world
+    frame of the cameras (no alignment: the pose is part of the camera). Initialised at the mean
+    identity and neutral expression.
+    """
+    if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
+        raise ValueError(f"keypoints must be (B, L, 2) pixels, got {tuple(keypoints.shape)}")
+    wts = torch.ones(keypoints.shape[:2], device=keypoints.device) if weights is None else weights.float()
+
+    def data_energy(pred: Tensor) -> Tensor:
+        px = project_points(landmarks(pred), K.float(), R.float(), t.float())  # (B, L, 2)
+        return ((px - keypoints).square().sum(-1) * wts).sum(-1) / wts.sum(-1).clamp_min(1.0)  # (B,) px^2
+
+    x_id, x_ex, w_id, w_ex, e, e_data = _fit(
+        model, data_energy, keypoints.shape[0], keypoints.device, options
+    )
+    z_id, z_ex = _latents(model, options.prior, x_id, x_ex, w_id, w_ex)
+    with torch.no_grad():
+        verts = model.decode(w_id, w_ex)
+    return LatentFit(z_id, z_ex, w_id.detach(), w_ex.detach(), verts, e, e_data, None)
