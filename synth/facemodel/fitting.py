@@ -162,7 +162,10 @@ class GaussianPrior:
 
 @dataclass(frozen=True)
 class Similarity:
-    """x -> scale * x @ rotation^T + translation; rotation (B, 3, 3), scale (B,), translation (B, 3) metres."""
+    """x -> scale * x @ rotation^T + translation.
+
+    rotation (B, 3, 3), scale (B,), translation (B, 3) metres.
+    """
 
     rotation: Tensor
     scale: Tensor
@@ -364,12 +367,14 @@ def fit_meshes(
 
     vertices: (B, N, 3) metres, in the model's topology, any pose. A similarity (or rigid) pose from the
     model frame to each target starts at the Procrustes alignment of the model mean and is optimised with
-    the latents; the reconstruction is returned in the target's frame, `transform` is that pose. start: optional (w_id, w_ex) initial codes, (B, K) each; default the mean identity and
-    the neutral expression.
+    the latents; the reconstruction is returned in the target's frame, `transform` is that pose.
+    start: optional (w_id, w_ex) initial codes, (B, K) each; default the mean identity and the neutral
+    expression.
     """
     if vertices.ndim != 3 or vertices.shape[1:] != model.mean_shape.shape:
         raise ValueError(
-            f"meshes must be (B, {model.mean_shape.shape[0]}, 3) in the model's topology, got {tuple(vertices.shape)}"
+            f"meshes must be (B, {model.mean_shape.shape[0]}, 3) in the model's topology, "
+            f"got {tuple(vertices.shape)}"
         )
     device = vertices.device
     vertices = vertices.float()
@@ -445,7 +450,7 @@ class Neutralised:
 
 
 def neutralise(model: FitModel, vertices: Tensor, options: FitOptions) -> Neutralised:
-    """Fit expressive meshes (B, N, 3), set the expression to neutral, decode, and map back to the input frame."""
+    """Fit expressive meshes (B, N, 3), set the expression to neutral, decode, map back to the input frame."""
     fit = fit_meshes(model, vertices, options)
     with torch.no_grad():
         neutral = fit.transform.apply(neutral_twin(model, fit.w_id))
