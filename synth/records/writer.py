@@ -191,14 +191,14 @@ def encode_sample(
     meta = jsonable(sample["meta"])
     if "index" in meta and meta["index"] != index:
         raise ValueError(f"sample {key}: meta.index {meta['index']} differs from the sample index {index}")
+    lmk2d = np.asarray(sample["lmk2d"]) if "lmk2d" in wanted else None
     meta |= {
         "key": key,
         "index": index,
         "quality": {
             "mask_fraction": float(np.mean(sample["mask"])) if "mask" in wanted else None,
-            "visible_landmarks": float(np.mean(np.asarray(sample["lmk2d"])[:, 2]))
-            if "lmk2d" in wanted
-            else None,
+            # None without landmarks (no lmk2d member, or a model without landmark definitions: L = 0)
+            "visible_landmarks": float(np.mean(lmk2d[:, 2])) if lmk2d is not None and len(lmk2d) else None,
             "depth_clipped": depth_clipped,
         },
     }

@@ -155,6 +155,16 @@ def test_bad_samples_are_refused_before_writing(tmp_path: Path, change, message:
     assert not list(tmp_path.rglob("*"))
 
 
+def test_a_model_without_landmarks_writes_empty_landmark_arrays(tmp_path: Path) -> None:
+    sample = make_sample(0)
+    sample["lmk2d"] = np.zeros((0, 3), np.float32)
+    sample["lmk3d"] = np.zeros((0, 3), np.float32)
+    write_shard(tmp_path, 0, [sample], OutputConfig(dir=str(tmp_path)))
+    got = next(iter(load_webdataset([str(tmp_path / "shard-000000.tar")], keys=["lmk2d", "meta"])))
+    assert got["lmk2d"].shape == (0, 3)
+    assert got["meta"]["quality"]["visible_landmarks"] is None
+
+
 def test_inconsistent_dims_across_samples_are_refused(tmp_path: Path) -> None:
     other = make_sample(1)
     other["mesh"] = np.zeros((N_VERTS + 1, 3), np.float32)
