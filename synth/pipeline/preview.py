@@ -103,9 +103,7 @@ def make_contact_sheet(dataset_dir: Path, limit: int = 16, columns: int = 4) -> 
         y0 = GAP + (n // columns) * (tile_h + GAP)
         images = {
             "shaded": codecs.png8_to_gray(sample["shaded.png"]) if "shaded.png" in sample else None,
-            "depth": _depth_vis(codecs.png16_mm_to_depth(sample["depth.png"]))
-            if "depth.png" in sample
-            else None,
+            "depth": _depth_vis(codecs.decode_depth(sample["depth.png"])) if "depth.png" in sample else None,
             "canny": codecs.png8_to_gray(sample["canny.png"]) if "canny.png" in sample else None,
             "rgb": None,
         }

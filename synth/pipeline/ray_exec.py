@@ -5,10 +5,12 @@ The dataset is the list of missing shards (one row per shard, one block per row)
 - diffusion off: `_write_shards`, a CPU task that runs geometry + render + write for its shard and
   returns a small summary row. No image leaves the worker, so the object store only ever holds summaries
   and memory stays flat however long the run.
-- diffusion on: `_geometry_shards` (CPU tasks) returns the shard's columns packed into ONE row (so a
-  shard is never split across blocks), then `_DiffuseAndWrite`, a pool of actors holding the diffusion
-  pipeline (`num_gpus` each when the cluster has GPUs), adds the images and writes the shard. Ray Data's
+- diffusion on, GPUs in the cluster: `_geometry_shards` (CPU tasks) returns the shard's columns packed
+  into ONE row (so a shard is never split across blocks), then `_DiffuseAndWrite`, a pool of actors
+  holding the diffusion pipeline (`num_gpus` each), adds the images and writes the shard. Ray Data's
   streaming executor backpressures the CPU tasks when the object store budget is used up.
+- diffusion on, no GPU: like diffusion off, each CPU task also runs the diffusion stage on its shard
+  (a separate CPU actor pool would only serialise the work).
 
 CPU workers are Ray tasks; each worker process keeps its loaded stages in `_PIPELINES` (keyed by the run
 fingerprint), so the model loads once per process, not once per shard. `ray.init` starts an embedded
@@ -141,17 +143,30 @@ def init_ray(spec: WorkerSpec) -> bool:
     return True
 
 
-def run_ray(spec: WorkerSpec, units: list[ShardUnit], on_shard: Callable[[ShardResult], None]) -> None:
-    """Run the shard workers over `units` with Ray Data; `on_shard` gets each result as it completes."""
+def run_ray(
+    spec: WorkerSpec,
+    units: list[ShardUnit],
+    on_shard: Callable[[ShardResult], None],
+    diffusion_pool: bool | None = None,
+) -> None:
+    """Run the shard workers over `units` with Ray Data; `on_shard` gets each result as it completes.
+
+    diffusion_pool: run diffusion in its own actor pool (None: when diffusion is on and the cluster has
+    GPUs). Without GPUs every CPU worker runs the whole chain, diffusion included, on its shards.
+    """
     started = init_ray(spec)
     try:
-        _run(spec, units, on_shard)
+        if diffusion_pool is None:
+            diffusion_pool = spec.cfg.diffusion.enabled and ray.cluster_resources().get("GPU", 0) > 0
+        _run(spec, units, on_shard, diffusion_pool)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run(spec: WorkerSpec, units: list[ShardUnit], on_shard: Callable[[ShardResult], None]) -> None:
+def _run(
+    spec: WorkerSpec, units: list[ShardUnit], on_shard: Callable[[ShardResult], None], diffusion_pool: bool
+) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # synth's own bar counts samples
     ctx.execution_options.preserve_order = False
@@ -160,16 +175,24 @@ def _run(spec: WorkerSpec, units: list[ShardUnit], on_shard: Callable[[ShardResu
     workers = runtime.num_workers or cpus
     rows = [{"shard_id": u.shard_id, "start": u.start, "stop": u.stop} for u in units]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    if not spec.cfg.diffusion.enabled:
+    if not diffusion_pool:
         ds = ds.map_batches(
-            _write_shards, fn_kwargs={"spec": spec}, batch_size=1, num_cpus=1, concurrency=workers
+            _write_shards,
+            fn_kwargs={"spec": spec},
+            batch_size=1,
+            num_cpus=1,
+            compute=ray.data.TaskPoolStrategy(size=workers),
         )
     else:
         gpus = runtime.diffusion_gpus if ray.cluster_resources().get("GPU", 0) > 0 else 0
         if not gpus:  # CPU diffusion actors hold a CPU each: leave them room or the pipeline stalls
             workers = max(1, min(workers, cpus - runtime.diffusion_workers))
         ds = ds.map_batches(
-            _geometry_shards, fn_kwargs={"spec": spec}, batch_size=1, num_cpus=1, concurrency=workers
+            _geometry_shards,
+            fn_kwargs={"spec": spec},
+            batch_size=1,
+            num_cpus=1,
+            compute=ray.data.TaskPoolStrategy(size=workers),
         )
         ds = ds.map_batches(
             _DiffuseAndWrite,
@@ -177,7 +200,7 @@ def _run(spec: WorkerSpec, units: list[ShardUnit], on_shard: Callable[[ShardResu
             batch_size=1,
             num_cpus=0 if gpus else 1,
             num_gpus=gpus,
-            concurrency=runtime.diffusion_workers,
+            compute=ray.data.ActorPoolStrategy(size=runtime.diffusion_workers),
         )
     log.info("ray: %d shards on %d CPU workers (cluster: %s)", len(units), workers, ray.cluster_resources())
     for row in ds.iter_rows():
