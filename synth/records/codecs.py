@@ -106,14 +106,14 @@ def encode_normal(normal: np.ndarray, compression: int = 1) -> bytes:
         raise ValueError(f"normal must be (H, W, 3), got shape {normal.shape}")
     if not np.isfinite(normal).all():
         raise ValueError("normal must be finite")
-    return _png(normals_to_png8(normal)[..., ::-1], compression)
+    return _png(cv2.cvtColor(normals_to_png8(normal), cv2.COLOR_RGB2BGR), compression)
 
 
 def decode_normal(data: bytes) -> np.ndarray:
     """8-bit RGB normal PNG -> (H, W, 3) float32 unit vectors (renormalised), background = 0."""
     from synth.render.maps import png8_to_normals
 
-    return png8_to_normals(_unpng(data, np.uint8, 3)[..., ::-1])
+    return png8_to_normals(cv2.cvtColor(_unpng(data, np.uint8, 3), cv2.COLOR_BGR2RGB))
 
 
 def mask_to_png1(mask: np.ndarray, compression: int = 1) -> bytes:
@@ -145,7 +145,7 @@ def rgb_to_jpeg(image: np.ndarray, quality: int) -> bytes:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.dtype} {image.shape}")
-    bgr = np.ascontiguousarray(image[..., ::-1])
+    bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")
@@ -156,7 +156,7 @@ def jpeg_to_rgb(data: bytes) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.ndim != 3:
         raise DecodeError("not a valid JPEG file")
-    return np.ascontiguousarray(image[..., ::-1])
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def encode_json(obj: dict[str, Any]) -> bytes:
@@ -187,7 +187,9 @@ DECODERS = {
 
 
 def _png(image: np.ndarray, compression: int, bilevel: bool = False) -> bytes:
-    params = [cv2.IMWRITE_PNG_COMPRESSION, compression]
+    # The SUB row filter instead of libpng's adaptive choice: measured 1.3-2x faster encoding of our maps
+    # at about the same size and decode speed (docs/performance.md, records).
+    params = [cv2.IMWRITE_PNG_COMPRESSION, compression, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
     if bilevel:
         params += [cv2.IMWRITE_PNG_BILEVEL, 1]
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(image), params)
