@@ -116,14 +116,18 @@ def bilinear_decode(
     (BLAS picks other kernels, and other summation orders, for other row counts).
     """
     outer = (w_id[:, :, None] * w_ex[:, None, :]).flatten(1)  # (B, I*E)
-    flat = core.flatten(1)  # (3N, I*E)
+    flat_t = core.flatten(1).T  # (I*E, 3N)
     if block is None:
-        x = outer @ flat.T + mean  # (B, 3N)
-    else:
-        n = outer.shape[0]
-        pad = (-n) % block
-        padded = torch.cat([outer, outer.new_zeros(pad, outer.shape[1])]) if pad else outer
-        x = torch.cat([chunk @ flat.T for chunk in padded.split(block)])[:n] + mean  # (B, 3N)
+        return (outer @ flat_t + mean).unflatten(-1, (-1, 3))  # (B, N, 3)
+    n = outer.shape[0]
+    x = outer.new_empty(n, flat_t.shape[1])  # (B, 3N)
+    for start in range(0, n, block):
+        chunk = outer[start : start + block]
+        if len(chunk) == block:
+            torch.addmm(mean, chunk, flat_t, out=x[start : start + block])
+        else:  # the last, short block: zero-padded to `block` rows
+            padded = torch.cat([chunk, chunk.new_zeros(block - len(chunk), chunk.shape[1])])
+            x[start:] = torch.addmm(mean, padded, flat_t)[: len(chunk)]
     return x.unflatten(-1, (-1, 3))
 
 
