@@ -1,0 +1,158 @@
+"""End-to-end `synth generate`: Ray and local execution, determinism, resume after SIGKILL, refusal."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from synth.cli import main as synth_main
+from synth.cli._hydra import compose_config
+from synth.pipeline.plan import RUN_FILE
+from synth.pipeline.run import generate
+from synth.records.validate import validate_dataset
+
+pytestmark = pytest.mark.slow
+
+# A small geometry-only run: 48 samples in 12 shards of 4, 64 x 64 maps.
+GEOMETRY = ["num_samples=48", "render.image_size=64", "output.samples_per_shard=4", "runtime.progress=false"]
+SYNTH = str(Path(sys.executable).parent / "synth")
+
+
+def _overrides(model_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [f"model.path={model_dir}", f"output.dir={out}", *GEOMETRY, *extra]
+
+
+def _dataset_bytes(root: Path) -> dict[str, bytes]:
+    """Every shard tar and index part of a dataset: what must be byte-identical across runs."""
+    files = sorted([*root.glob("shard-*.tar"), *root.glob("index/*.parquet")])
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
+
+
+def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch, cwd: Path) -> int:
+    """`synth <args>` in this process (joins the test's Ray); returns the exit code."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["synth", *args])
+    try:
+        return synth_main(args)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The geometry-only dataset made by the in-process loop (the comparison baseline)."""
+    out = tmp_path_factory.mktemp("reference") / "ds"
+    generate(compose_config("generate", _overrides(tiny_model_dir, out, "runtime.executor=local")))
+    return out
+
+
+def test_end_to_end_with_tiny_diffusion_validates_and_loads(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ray_session: None
+) -> None:
+    from synth.records import load_webdataset, read_index
+
+    out = tmp_path / "ds"
+    args = [
+        "generate",
+        f"model.path={tiny_model_dir}",
+        "diffusion=tiny",
+        "num_samples=64",
+        "render.image_size=64",
+        "output.samples_per_shard=16",
+        f"output.dir={out}",
+        "sampler=identity_sets",
+        "runtime.progress=false",
+    ]
+    assert _cli(args, monkeypatch, tmp_path) == 0
+    report = validate_dataset(out)
+    assert report.ok, [str(p) for p in report.problems]
+    assert (report.num_samples, report.num_shards) == (64, 4)
+    samples = list(load_webdataset(out, keys=("mesh", "au", "rgb", "depth", "meta")))
+    assert sorted(int(s["__key__"]) for s in samples) == list(range(64))
+    assert samples[0]["rgb"].shape == (1, 64, 64, 3)
+    assert samples[0]["meta"]["prompts"][0].startswith("Realistic frontal view portrait")
+    index = read_index(out).to_pandas()
+    # identity_sets: groups of 5 share one identity and one split; step 0 is the neutral twin.
+    assert index.groupby("identity_id")["split"].nunique().max() == 1
+    assert (index.set_index("index").loc[[0, 5, 10], "expression"] == "neutral").all()
+    assert (out / "preview.png").stat().st_size > 10_000
+    card = (out / "README.md").read_text()
+    assert "| split | samples | identities |" in card and (out / "card" / "au.png").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # nothing in the working directory
+
+
+def test_geometry_is_byte_identical_across_workers_batches_and_executors(
+    tiny_model_dir: Path, reference: Path, tmp_path: Path, ray_session: None
+) -> None:
+    expected = _dataset_bytes(reference)
+    assert len(expected) == 24
+    for workers, batch in ((1, 16), (2, 5)):
+        out = tmp_path / f"w{workers}b{batch}"
+        extra = (f"runtime.num_workers={workers}", f"runtime.batch_size={batch}")
+        generate(compose_config("generate", _overrides(tiny_model_dir, out, *extra)))
+        assert _dataset_bytes(out) == expected, f"num_workers={workers} batch_size={batch}"
+
+
+def test_resume_after_sigkill_is_byte_identical(
+    tiny_model_dir: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ds"
+    # The in-process loop keeps the killed run to one process group (an embedded Ray's helper processes
+    # would outlive a SIGKILLed driver; docs/operations.md).
+    cmd = [SYNTH, "generate", *_overrides(tiny_model_dir, out, "runtime.executor=local")]
+    first = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(out.glob("shard-000002.tar")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert first.returncode == -signal.SIGKILL, "the first run finished before it could be killed"
+    done_before = len(list(out.glob("shard-*.tar")))
+    assert 0 < done_before < 12
+    assert not (out / "manifest.json").exists()
+
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in again.stderr
+    assert _dataset_bytes(out) == _dataset_bytes(reference)  # the uninterrupted run's bytes
+    keys = pq.read_table(out / "index", columns=["key"]).column("key").to_pylist()
+    assert sorted(keys) == [f"{i:09d}" for i in range(48)]  # every sample once, no duplicate keys
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # no temporary files left
+    report = validate_dataset(out)
+    assert report.ok, [str(p) for p in report.problems]
+
+
+def test_a_different_config_on_the_same_directory_is_refused(
+    tiny_model_dir: Path, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    before = {p: p.stat().st_mtime_ns for p in reference.rglob("*")}
+    args = ["generate", *_overrides(tiny_model_dir, reference, "seed=3", "runtime.executor=local")]
+    assert _cli(args, monkeypatch, tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different config (differs in: seed)" in err[0], err
+    assert {p: p.stat().st_mtime_ns for p in reference.rglob("*")} == before  # untouched
+    # The same config again: nothing left to do, the dataset stays byte-identical.
+    expected = _dataset_bytes(reference)
+    generate(compose_config("generate", _overrides(tiny_model_dir, reference, "runtime.executor=local")))
+    assert _dataset_bytes(reference) == expected
+    assert (reference / RUN_FILE).is_file()
+
+
+def test_random_sampler_matches_face_model_sample(tiny_model_dir: Path, reference: Path) -> None:
+    from synth.facemodel.model import FaceModel
+    from synth.records import load_webdataset
+
+    model = FaceModel.load(tiny_model_dir)
+    expected = model.sample_indices([0, 17, 47], seed=0)
+    got = {int(s["__key__"]): s for s in load_webdataset(reference, keys=("mesh", "latents"))}
+    for row, index in enumerate((0, 17, 47)):
+        np.testing.assert_allclose(
+            got[index]["latents"]["z_id"].numpy(), expected["z_id"][row].numpy(), atol=0
+        )
+        np.testing.assert_allclose(got[index]["mesh"].numpy(), expected["vertices"][row].numpy(), atol=1e-6)
