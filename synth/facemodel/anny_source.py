@@ -281,7 +281,7 @@ def anny_head_model() -> Any:
     return model
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class IdentityParams:
     """A batch of n infant identities as Anny inputs.
 
