@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tensorly.decomposition import partial_tucker
 
 from synth.facemodel import bilinear
 from tests.facemodel._facemodels import synthetic_tensor
@@ -31,6 +32,20 @@ def test_full_rank_hosvd_reproduces_the_tensor() -> None:
     assert np.allclose(
         FULL.mean.numpy(), TENSOR.vertices.reshape(-1, TENSOR.n_vertices * 3).mean(0), atol=1e-7
     )
+
+
+def test_hosvd_matches_tensorly_partial_tucker() -> None:
+    """TensorLy's HOSVD (partial_tucker on the id / expression modes, no HOOI sweeps) is the reference."""
+    n_id, n_ex = TENSOR.n_identities, TENSOR.n_expressions
+    centred = TENSOR.vertices.reshape(n_id, n_ex, -1).astype(np.float64) - FULL.mean.double().numpy()
+    (core, (u_id, u_ex)), _ = partial_tucker(
+        centred.transpose(2, 0, 1), rank=(FULL.rank_id, FULL.rank_ex), modes=[1, 2], n_iter_max=0
+    )
+    sign_id = np.sign((u_id * FULL.w_id.double().numpy()).sum(0))  # columns agree up to sign
+    sign_ex = np.sign((u_ex * FULL.w_ex.double().numpy()).sum(0))
+    assert np.allclose(u_id * sign_id, FULL.w_id.numpy(), atol=1e-5)
+    assert np.allclose(u_ex * sign_ex, FULL.w_ex.numpy(), atol=1e-5)
+    assert np.allclose(core * sign_id[:, None] * sign_ex, FULL.core.numpy(), atol=1e-7)
 
 
 def test_truncation_keeps_the_requested_variance_and_reports_it() -> None:
