@@ -22,6 +22,8 @@ from enum import Enum
 import torch
 from torch import Tensor
 
+from synth.facemodel.model import FaceModel
+
 log = logging.getLogger(__name__)
 
 MM_PER_M = 1000.0
@@ -126,6 +128,23 @@ class FitModel:
     identity: LatentFactor
     expression: LatentFactor
     mean_shape: Tensor
+
+
+def fit_model_from_face_model(model: FaceModel) -> FitModel:
+    """The `FitModel` view of a loaded `FaceModel`: its decoder and flows, the training identities'
+    coefficients (Gaussian prior, mean-identity start) and the catalogue expressions' (neutral start)."""
+
+    def factor(flow, w_train: Tensor, w_init: Tensor) -> LatentFactor:
+        return LatentFactor(
+            to_w=flow.to_w, to_z=flow.to_z, nll_w=lambda w: -flow.log_prob(w), w_train=w_train, w_init=w_init
+        )
+
+    return FitModel(
+        decode=model.decode,
+        identity=factor(model.flow_id, model.identity_coefficients, model.identity_coefficients.mean(0)),
+        expression=factor(model.flow_ex, model.expression_coefficients, model.neutral_w_ex),
+        mean_shape=model.mean_shape,
+    )
 
 
 @dataclass(frozen=True)

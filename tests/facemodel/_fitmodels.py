@@ -8,9 +8,7 @@ exact NLL and an exact inverse, so tests can state what a fit must recover.
 import math
 
 import numpy as np
-import tensorly as tl
 import torch
-from tensorly.decomposition import tucker
 
 from synth.facemodel.fitting import FitModel, LatentFactor
 
@@ -60,8 +58,10 @@ def synthetic_model(
     )  # (n_id, n_ex, N, 3)
     mean = tensor.mean((0, 1)).reshape(-1)  # (3N,)
     data = (tensor.reshape(n_id, n_ex, -1) - mean).transpose(2, 0, 1)  # (3N, n_id, n_ex)
-    core, (u_v, u_id, u_ex) = tucker(tl.tensor(data), rank=[3 * n_vertices, rank_id + 1, rank_ex + 1])
-    c = np.einsum("vie,kv->kie", core, u_v)  # (3N, I, E): core projected on the vertex subspace
+    # HOSVD (BabyFlow eq. 8-9): factor bases from the SVD of each mode's unfolding, C = T x2 U_id^T x3 U_ex^T.
+    u_id = np.linalg.svd(data.transpose(1, 0, 2).reshape(n_id, -1), full_matrices=False)[0][:, : rank_id + 1]
+    u_ex = np.linalg.svd(data.transpose(2, 0, 1).reshape(n_ex, -1), full_matrices=False)[0][:, : rank_ex + 1]
+    c = np.einsum("kie,ia,eb->kab", data, u_id, u_ex)  # (3N, I, E)
     c_t = torch.tensor(c, dtype=torch.float32)
     mean_t = torch.tensor(mean, dtype=torch.float32)
     w_id = torch.tensor(u_id, dtype=torch.float32)
