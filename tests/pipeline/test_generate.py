@@ -156,3 +156,16 @@ def test_random_sampler_matches_face_model_sample(tiny_model_dir: Path, referenc
             got[index]["latents"]["z_id"].numpy(), expected["z_id"][row].numpy(), atol=0
         )
         np.testing.assert_allclose(got[index]["mesh"].numpy(), expected["vertices"][row].numpy(), atol=1e-6)
+
+
+def test_preview_command_on_a_dataset(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from PIL import Image
+
+    sheet = tmp_path / "sheet.png"
+    assert _cli(["preview", str(reference), "-n", "6", "-o", str(sheet)], monkeypatch, tmp_path) == 0
+    assert capsys.readouterr().out.strip() == str(sheet)
+    image = Image.open(sheet)
+    assert image.size == (4 * (4 * 128 + 6) + 6, 2 * (128 + 30 + 6) + 6)  # 6 tiles: 4 columns, 2 rows
+    assert len(set(image.convert("L").getdata())) > 50  # renders, not blank panels
