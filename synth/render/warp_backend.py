@@ -6,8 +6,8 @@ Three launches per batch:
    `atomic_min`s a 64-bit key `(quantised depth << 24) | face id` into the pixel. The minimum key is the
    nearest surface, and for equal quantised depths the lowest face id, whatever order threads run in:
    the z-buffer is deterministic by construction (the CPU build runs serially; CUDA uses atomicMin).
-3. `_resolve_kernel` (B, H, W): recomputes the winner's edge functions at the pixel centre in float32
-   and writes the face id, perspective-correct barycentrics and depth (unquantised).
+3. `_resolve_kernel` (B, H, W): intersects the pixel-centre ray with the winning triangle in 3D, in
+   float64, and writes the face id, perspective-correct barycentrics and depth (unquantised).
 
 Depth is quantised to 2^-32 m (0.23 nm) over [0, 256) m in the key only; 24 bits of face id allow
 16.7 M faces. On CPU the batch is split over `torch.get_num_threads()` Python threads: Warp calls its
@@ -106,7 +106,8 @@ def _raster_kernel(
 
 @wp.func
 def _resolve_pixel(
-    screen: wp.array2d(dtype=wp.vec3),
+    verts: wp.array2d(dtype=wp.vec3),
+    intr: wp.array(dtype=wp.vec4),
     faces: wp.array2d(dtype=wp.int32),
     keys: wp.array3d(dtype=wp.uint64),
     pix_to_face: wp.array3d(dtype=wp.int64),
@@ -123,27 +124,31 @@ def _resolve_pixel(
         zbuf[b, y, x] = 0.0
         return
     f = int(key & wp.uint64(MAX_FACES - 1))
-    i0 = faces[f, 0]
-    i1 = faces[f, 1]
-    i2 = faces[f, 2]
-    p0 = screen[b, i0]
-    p1 = screen[b, i1]
-    p2 = screen[b, i2]
-    px = float(x) + 0.5
-    py = float(y) + 0.5
-    l0 = _canonical_edge(i1, p1, i2, p2, px, py) / p0[2]
-    l1 = _canonical_edge(i2, p2, i0, p0, px, py) / p1[2]
-    l2 = _canonical_edge(i0, p0, i1, p1, px, py) / p2[2]
-    inv = l0 + l1 + l2
+    # Intersect the pixel-centre ray with the winning triangle in 3D, in float64: its barycentrics are the
+    # perspective-correct ones, and depth stays accurate on triangles seen at grazing angles.
+    k = intr[b]
+    ray = wp.vec3d(
+        (wp.float64(x) + wp.float64(0.5) - wp.float64(k[2])) / wp.float64(k[0]),
+        (wp.float64(y) + wp.float64(0.5) - wp.float64(k[3])) / wp.float64(k[1]),
+        wp.float64(1.0),
+    )
+    p0 = wp.vec3d(verts[b, faces[f, 0]])
+    p1 = wp.vec3d(verts[b, faces[f, 1]])
+    p2 = wp.vec3d(verts[b, faces[f, 2]])
+    n = wp.cross(p1 - p0, p2 - p0)
+    hit = ray * (wp.dot(n, p0) / wp.dot(n, ray))
+    nn = wp.dot(n, n)
+    w0 = wp.dot(n, wp.cross(p1 - hit, p2 - hit)) / nn
+    w1 = wp.dot(n, wp.cross(p2 - hit, p0 - hit)) / nn
     pix_to_face[b, y, x] = wp.int64(f)
-    # perspective-correct barycentrics: screen-space weights divided by depth, renormalised
-    bary[b, y, x] = wp.vec3(l0 / inv, l1 / inv, l2 / inv)
-    zbuf[b, y, x] = (l0 * p0[2] + l1 * p1[2] + l2 * p2[2]) / inv
+    bary[b, y, x] = wp.vec3(wp.float32(w0), wp.float32(w1), wp.float32(wp.float64(1.0) - w0 - w1))
+    zbuf[b, y, x] = wp.float32(hit[2])
 
 
 @wp.kernel
 def _resolve_kernel(
-    screen: wp.array2d(dtype=wp.vec3),
+    verts: wp.array2d(dtype=wp.vec3),
+    intr: wp.array(dtype=wp.vec4),
     faces: wp.array2d(dtype=wp.int32),
     keys: wp.array3d(dtype=wp.uint64),
     pix_to_face: wp.array3d(dtype=wp.int64),
@@ -152,12 +157,13 @@ def _resolve_kernel(
 ):
     # one thread per pixel (CUDA)
     b, y, x = wp.tid()
-    _resolve_pixel(screen, faces, keys, pix_to_face, bary, zbuf, b, y, x)
+    _resolve_pixel(verts, intr, faces, keys, pix_to_face, bary, zbuf, b, y, x)
 
 
 @wp.kernel
 def _resolve_rows_kernel(
-    screen: wp.array2d(dtype=wp.vec3),
+    verts: wp.array2d(dtype=wp.vec3),
+    intr: wp.array(dtype=wp.vec4),
     faces: wp.array2d(dtype=wp.int32),
     keys: wp.array3d(dtype=wp.uint64),
     pix_to_face: wp.array3d(dtype=wp.int64),
@@ -168,7 +174,7 @@ def _resolve_rows_kernel(
     # one thread per row (CPU): Warp's CPU launch costs tens of ns per thread, more than a pixel's work
     b, y = wp.tid()
     for x in range(width):
-        _resolve_pixel(screen, faces, keys, pix_to_face, bary, zbuf, b, y, x)
+        _resolve_pixel(verts, intr, faces, keys, pix_to_face, bary, zbuf, b, y, x)
 
 
 _load_lock = threading.Lock()
@@ -250,15 +256,14 @@ class WarpRasterizer:
                 wp.from_torch(bary[lo:hi], dtype=wp.vec3),
                 wp.from_torch(zbuf[lo:hi], dtype=wp.float32),
             ]
+            res = [wp_verts, wp_intr, wp_faces]
             if wp_device != "cpu":
                 keys = wp.full(
                     (n, height, width), value=wp.uint64(EMPTY_KEY), dtype=wp.uint64, device=wp_device
                 )
                 args = [screen, wp_faces, NEAR_M, width, height, keys]
                 wp.launch(_raster_kernel, (n, n_faces), args, device=wp_device)
-                wp.launch(
-                    _resolve_kernel, (n, height, width), [screen, wp_faces, keys, *outs], device=wp_device
-                )
+                wp.launch(_resolve_kernel, (n, height, width), [*res, keys, *outs], device=wp_device)
                 return
             # CPU: one image at a time through one key buffer that stays in cache
             keys = wp.empty((1, height, width), dtype=wp.uint64, device=wp_device)
@@ -268,10 +273,9 @@ class WarpRasterizer:
                 wp.launch(
                     _raster_kernel, (1, n_faces), [scr, wp_faces, NEAR_M, width, height, keys], device="cpu"
                 )
+                res_i = [wp_verts[i : i + 1], wp_intr[i : i + 1], wp_faces]
                 out_i = [o[i : i + 1] for o in outs]
-                wp.launch(
-                    _resolve_rows_kernel, (1, height), [scr, wp_faces, keys, *out_i, width], device="cpu"
-                )
+                wp.launch(_resolve_rows_kernel, (1, height), [*res_i, keys, *out_i, width], device="cpu")
 
         run_chunks(dev, b_count, run)
         return Fragments(pix_to_face, bary, zbuf)

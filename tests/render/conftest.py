@@ -8,9 +8,11 @@ import torch
 @pytest.fixture(scope="session")
 def anny_head() -> tuple[np.ndarray, np.ndarray]:
     """(vertices (4538, 3) float32 metres, faces (9014, 3) int64) of a newborn Anny head (z up, faces -y)."""
-    from synth.facemodel.anny_source import anny_head_model
+    import anny
 
-    model = anny_head_model()  # cached per process, shared with the face model tests
+    model = anny.Anny(
+        rig="makehuman-head", topology="head", facial_actions="all", phenotypes="all", local_changes="all"
+    )
     with torch.no_grad():
         out = model(phenotype_kwargs={"age": torch.tensor([0.0], dtype=torch.float64)})
     verts = out["vertices"][0].float().numpy()
