@@ -15,9 +15,11 @@ Building M (`compute_mapping`):
    lower face, an infant's larger cranium) before projecting;
 3. optionally rigid+scale ICP of the aligned source vertices onto the target surface
    (`trimesh.registration.icp`);
-4. nearest-triangle projection of every target vertex onto the aligned source surface
-   (`trimesh.proximity.closest_point`, rtree/embree accelerated) and its barycentric coordinates
-   (`trimesh.triangles.points_to_barycentric`), clipped to the triangle and renormalised.
+4. nearest-triangle projection of every target vertex onto the aligned source surface, by default
+   onto the nearest triangle facing the same way (candidates from a KD-tree of triangle centroids,
+   `trimesh.triangles.closest_point`), else the plain closest point (`trimesh.proximity.closest_point`,
+   rtree accelerated); barycentric coordinates (`trimesh.triangles.points_to_barycentric`) clipped to
+   the triangle and renormalised.
 """
 
 import logging
@@ -27,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 import trimesh
 from scipy.interpolate import RBFInterpolator
+from scipy.spatial import cKDTree
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,47 @@ def barycentric_projection(
     return face_ids.astype(np.int64), weights, distance
 
 
+def normal_compatible_projection(
+    points: np.ndarray,
+    normals: np.ndarray,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    min_cos: float = 0.3,
+    candidates: int = 32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like `barycentric_projection`, but each point goes to the closest source triangle whose normal
+    agrees with the point's own normal (cosine >= min_cos), among the `candidates` triangles with the
+    nearest centroids; points with no compatible candidate fall back to the plain closest point.
+
+    Plain closest points snap across thin gaps (an upper-lip vertex onto the lower lip, an eyelid onto
+    the eyeball); the normal test keeps them on the matching side, as non-rigid registration does.
+    points, normals: (P, 3) (unit normals); vertices (M, 3), faces (F, 3).
+    Returns as `barycentric_projection`.
+    """
+    mesh = trimesh.Trimesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces), process=False)
+    tri = mesh.triangles  # (F, 3, 3)
+    k = min(candidates, len(tri))
+    _, near = cKDTree(tri.mean(axis=1)).query(points, k=k)  # (P, k) nearest triangle centroids
+    # The plain closest triangle is always a candidate (big triangles have far centroids).
+    _, _, plain = trimesh.proximity.closest_point(mesh, points)
+    cand = np.concatenate([near.reshape(len(points), k), plain[:, None]], axis=1)  # (P, k + 1)
+    closest = trimesh.triangles.closest_point(tri[cand.ravel()], np.repeat(points, k + 1, axis=0))
+    closest = closest.reshape(len(points), k + 1, 3)
+    dist = np.linalg.norm(closest - points[:, None], axis=-1)  # (P, k + 1)
+    agree = np.einsum("pkd,pd->pk", mesh.face_normals[cand], normals)  # normal cosines
+    # A point lying on the surface (coincident meshes) keeps its own triangle whatever the normals say.
+    on_surface = dist <= 1e-9 * np.linalg.norm(np.ptp(mesh.vertices, axis=0))
+    compatible = (agree >= min_cos) | on_surface
+    # No compatible candidate: the plain closest point (last column).
+    best = np.where(compatible.any(axis=1), np.where(compatible, dist, np.inf).argmin(axis=1), k)
+    rows = np.arange(len(points))
+    face_ids, chosen, distance = cand[rows, best], closest[rows, best], dist[rows, best]
+    weights = trimesh.triangles.points_to_barycentric(tri[face_ids], chosen)
+    weights = np.clip(np.nan_to_num(weights, nan=1.0 / 3.0), 0.0, None)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return face_ids.astype(np.int64), weights, distance
+
+
 def barycentric_matrix(
     face_ids: np.ndarray, weights: np.ndarray, faces: np.ndarray, n_source: int
 ) -> sp.csr_matrix:
@@ -120,6 +164,7 @@ def compute_mapping(
     target_landmarks: np.ndarray,
     warp: bool = True,
     icp_iterations: int = 0,
+    normal_min_cos: float | None = 0.3,
 ) -> Correspondence:
     """Barycentric mapping M (N_target, M_source) of `target` vertices onto the `source` surface.
 
@@ -127,7 +172,8 @@ def compute_mapping(
     (F_t, 3), (L, 3): the same L anatomical landmarks on both (e.g. the 23 of
     `synth.facemodel.landmarks`), each in its own frame and units. warp: thin-plate-spline warp of the
     source onto the target landmarks before projecting; icp_iterations: rigid+scale ICP steps after the
-    landmark alignment (0 = none).
+    landmark alignment (0 = none); normal_min_cos: project each target vertex onto the closest
+    source triangle facing the same way (`normal_compatible_projection`), None for plain closest points.
     """
     src = np.asarray(source_vertices, dtype=np.float64)
     tgt = np.asarray(target_vertices, dtype=np.float64)
@@ -151,6 +197,12 @@ def compute_mapping(
         lmk = apply_transform(transform, src_lmk)
         field = RBFInterpolator(lmk, tgt_lmk - lmk, kernel="thin_plate_spline", smoothing=0.0)
         aligned = aligned + field(aligned)
-    face_ids, weights, distance = barycentric_projection(tgt, aligned, source_faces)
+    if normal_min_cos is None:
+        face_ids, weights, distance = barycentric_projection(tgt, aligned, source_faces)
+    else:
+        normals = trimesh.Trimesh(tgt, np.asarray(target_faces), process=False).vertex_normals
+        face_ids, weights, distance = normal_compatible_projection(
+            tgt, normals, aligned, source_faces, normal_min_cos
+        )
     matrix = barycentric_matrix(face_ids, weights, source_faces, len(src))
     return Correspondence(matrix=matrix, transform=transform, distance=distance)

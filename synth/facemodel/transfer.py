@@ -8,9 +8,9 @@ Transfer of expression e onto a target (infant) mesh X_s in expression s, from K
     D_k -> M D_k                         (eq. 6, M: the barycentric correspondence, target x source)
     X_e = X_s + delta * mean_k M D_k     (eq. 7, averaged over the K-member ensemble; paper K = 40)
 
-The deformations are also turned by the rotation of the source-to-target alignment (no scale: an
-expression's amplitude in metres is what the native infant model uses too; `scale_deformation` makes it
-follow the size ratio instead).
+The deformations are also turned by the rotation of the source-to-target alignment and, by default,
+scaled by its size ratio (an adult's jaw drop is smaller on an infant head; this matches the Anny
+source's `expression_scaling=head_size`; the paper's eq. 7 has only delta).
 
 Transfer as a model source (`build_transfer_tensor`): the infants are A1's Anny infants (same prior, same
 seed stream as `build_anny_tensor`, so the identities are the same), but their expressions come from
@@ -36,6 +36,7 @@ from synth.facemodel.correspondence import (
     barycentric_matrix,
     barycentric_projection,
     compute_mapping,
+    similarity_procrustes,
 )
 from synth.facemodel.expressions import Catalogue, load_catalogue
 from synth.facemodel.landmarks import landmarks, load_anny_head_landmarks
@@ -64,7 +65,9 @@ class TransferConfig:
     kappa: adults in the ensemble (paper: 40); adult_age_years: their age range (uniform);
     topology: the adults' topology; reduction: fraction of triangles removed by the decimation;
     warp: thin-plate-spline landmark warp before the projection; icp_iterations: ICP refinement steps
-    (0 = none); scale_deformation: scale deformations by the adult-to-infant size ratio.
+    (0 = none); scale_deformation: scale deformations by the adult-to-infant size ratio of the landmark
+    alignment; None follows the infants' `expression_scaling` (Anny's native infant expressions are sized
+    to the head by default, and so are the transferred ones).
     """
 
     kappa: int = 40
@@ -73,7 +76,7 @@ class TransferConfig:
     reduction: float = 0.5
     warp: bool = True
     icp_iterations: int = 0
-    scale_deformation: bool = False
+    scale_deformation: bool | None = None
 
     def __post_init__(self) -> None:
         self.adult_age_years = tuple(float(x) for x in self.adult_age_years)
@@ -93,11 +96,19 @@ class TransferConfig:
 # --- eq. 5-7 --------------------------------------------------------------------------------------------
 
 
-def deformation_rotation(mapping: Correspondence, scale_deformation: bool = False) -> np.ndarray:
+def deformation_rotation(transform: np.ndarray, scale_deformation: bool) -> np.ndarray:
     """(3, 3) linear map taking source-frame deformation vectors to the target frame: the rotation of
-    the alignment, times its scale when `scale_deformation`."""
-    linear = mapping.transform[:3, :3]
-    return linear if scale_deformation else linear / mapping.scale
+    the (4, 4) similarity `transform`, times its scale when `scale_deformation`."""
+    linear = np.asarray(transform)[:3, :3]
+    return linear if scale_deformation else linear / np.cbrt(np.linalg.det(linear))
+
+
+def _scales_deformation(transfer: TransferConfig, prior) -> bool:
+    if transfer.scale_deformation is not None:
+        return transfer.scale_deformation
+    from synth.facemodel.anny_source import ExpressionScaling
+
+    return prior.expression_scaling is ExpressionScaling.head_size
 
 
 def transfer_expression(
@@ -283,7 +294,7 @@ def build_transfer_tensor(
     neutral = neutral_meshes(params)  # (n, N, 3)
     adults = build_adult_source(transfer, source_config.prior, seed)
     mapping = source_mapping(adults, neutral.mean(axis=0), topo.faces, transfer)
-    rotation = deformation_rotation(mapping, transfer.scale_deformation)
+    rotation = deformation_rotation(mapping.transform, _scales_deformation(transfer, source_config.prior))
     actions = au_actions(catalogue, catalogue.expression_aus[ex])  # (E, 52) nominal intensity
     base = transfer_catalogue(neutral, adults, mapping, actions, source_config.delta, rotation)
     names = [f"anny-{i:04d}" for i in range(len(params))]
@@ -346,7 +357,7 @@ def validate_transfer(
     """Transferred vs native infant expressions on held-out infants, for three settings:
 
     - `same topology, M = I`: adults in Anny's topology, known vertex correspondence (the cross-age part
-      of the error alone);
+      of the error alone; rotation and scale from the landmark similarity);
     - `same topology, computed M`: adults in Anny's topology, M from landmarks + projection;
     - `cross topology`: adults remeshed (`transfer.reduction`), M from landmarks + projection.
     """
@@ -372,9 +383,14 @@ def validate_transfer(
             source_mapping(cross, target_mean, topo.faces, transfer),
         ),
     }
+    scale = _scales_deformation(transfer, prior)
+    target_lmk = landmarks(target_mean, topo.faces, load_anny_head_landmarks())
     methods = {}
     for name, (source, mapping) in settings.items():
-        rotation = None if mapping is None else deformation_rotation(mapping, transfer.scale_deformation)
+        transform = (
+            similarity_procrustes(source.landmarks, target_lmk) if mapping is None else mapping.transform
+        )
+        rotation = deformation_rotation(transform, scale)
         out = transfer_catalogue(neutral, source, mapping, actions, delta, rotation)  # (n, E, N, 3)
         err = np.linalg.norm(out - native, axis=-1) * 1000.0  # (n, E, N) mm
         flat = np.moveaxis(err, 1, 0).reshape(len(ex), -1)  # (E, n*N)
