@@ -322,53 +322,114 @@ class LatentFit:
 
 
 def _fit(
-    model: FitModel,
+    factors: Sequence[LatentFactor],
+    decode: Callable[..., Tensor],
     data_energy: Callable[[Tensor], Tensor],
     batch: int,
     device: torch.device,
     options: FitOptions,
-    start: tuple[Tensor | None, Tensor | None] = (None, None),
+    start: Sequence[Tensor | None],
     extra: Sequence[Tensor] = (),
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Alternating minimisation of gamma1 * data_energy(vertices) + gamma2 * prior over (id, ex).
+) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
+    """Alternating minimisation of gamma1 * data_energy(decode(*w)) + gamma2 * sum of the factors' priors.
 
-    data_energy: vertices in the model frame (B, N, 3) -> (B,); it may depend on the `extra` leaf
-    tensors (a pose), which are optimised in every block and updated in place.
-    Returns x_id, x_ex (the optimised variables), w_id, w_ex, energy (B,), data term (B,).
+    factors: the latent factors (identity, expression; one for a linear model); decode(*w) -> vertices
+    (B, N, 3); data_energy: vertices -> (B,), it may depend on the `extra` leaf tensors (a pose), which
+    are optimised in every block and updated in place; start: per factor None or (B, K) initial w.
+    Returns the optimised variables (z or whitened w), the w, energy (B,) and data term (B,).
     """
-    blocks = (_Block(model.identity, options.prior), _Block(model.expression, options.prior))
+    blocks = [_Block(f, options.prior) for f in factors]
     xs = [b.init(batch, s).to(device) for b, s in zip(blocks, start, strict=True)]
 
-    def energies() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        w_id, w_ex = blocks[0].w(xs[0]), blocks[1].w(xs[1])
-        e_data = data_energy(model.decode(w_id, w_ex))
-        e_prior = blocks[0].energy(xs[0], w_id) + blocks[1].energy(xs[1], w_ex)
-        return options.gamma1 * e_data + options.gamma2 * e_prior, e_data, w_id, w_ex
+    def energies() -> tuple[Tensor, Tensor, list[Tensor]]:
+        ws = [b.w(x) for b, x in zip(blocks, xs, strict=True)]
+        e_data = data_energy(decode(*ws))
+        e_prior = sum(b.energy(x, w) for b, x, w in zip(blocks, xs, ws, strict=True))
+        return options.gamma1 * e_data + options.gamma2 * e_prior, e_data, ws
 
     def run(which: Sequence[int], iters: int) -> None:
-        for i in range(2):
-            xs[i].requires_grad_(i in which)
+        for i, x in enumerate(xs):
+            x.requires_grad_(i in which)
         for x in extra:
             x.requires_grad_(True)
         _lbfgs([*(xs[i] for i in which), *extra], lambda: energies()[0], iters)
 
-    for _ in range(options.outer_iters):  # BabyFlow 4.5: alternate identity and expression
-        run([0], options.inner_iters)
-        run([1], options.inner_iters)
-    if options.final_joint_iters:
-        run([0, 1], options.final_joint_iters)
+    if len(blocks) > 1:
+        for _ in range(options.outer_iters):  # BabyFlow 4.5: alternate identity and expression
+            for i in range(len(blocks)):
+                run([i], options.inner_iters)
+    joint = options.final_joint_iters if len(blocks) > 1 else options.final_joint_iters + options.inner_iters
+    if joint:
+        run(range(len(blocks)), joint)
     with torch.no_grad():
-        e, e_data, w_id, w_ex = energies()
-    for x in extra:
+        e, e_data, ws = energies()
+    for x in [*xs, *extra]:
         x.requires_grad_(False)
-    return xs[0].detach(), xs[1].detach(), w_id, w_ex, e, e_data
+    return [x.detach() for x in xs], ws, e, e_data
 
 
-def _latents(model: FitModel, prior: Prior, x_id: Tensor, x_ex: Tensor, w_id: Tensor, w_ex: Tensor):
+def _z(factor: LatentFactor, prior: Prior, x: Tensor, w: Tensor) -> Tensor:
+    """The flow latent of a fitted factor (the variable itself when the fit ran over z)."""
     if prior is Prior.FLOW:
-        return x_id, x_ex
+        return x
     with torch.no_grad():
-        return model.identity.to_z(w_id), model.expression.to_z(w_ex)
+        return factor.to_z(w)
+
+
+def fit_posed(
+    factors: Sequence[LatentFactor],
+    decode: Callable[..., Tensor],
+    mean_shape: Tensor,
+    vertices: Tensor,
+    options: FitOptions,
+    start: Sequence[Tensor | None],
+) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor, Similarity, Tensor]:
+    """Fit latents and a pose (model frame -> target frame) to meshes: the engine of `fit_meshes` and of
+    the linear baseline. vertices: (B, N, 3) metres; mean_shape: (N, 3) the Procrustes reference.
+
+    Returns variables, w per factor, energy (B,), data term (B,) in mm^2, pose, reconstruction (B, N, 3)
+    in the target frame.
+    """
+    if vertices.ndim != 3 or vertices.shape[1:] != mean_shape.shape:
+        raise ValueError(
+            f"meshes must be (B, {mean_shape.shape[0]}, 3) in the model's topology, "
+            f"got {tuple(vertices.shape)}"
+        )
+    device = vertices.device
+    vertices = vertices.float()
+    batch = vertices.shape[0]
+    # Pose: model frame -> target frame, initialised by Procrustes of the model mean onto the target and
+    # then refined with the latents (the mean-shape alignment alone is biased by the target's own shape).
+    mean_shape = mean_shape.to(device)
+    pose0 = procrustes(
+        mean_shape[None].expand(batch, -1, -1), vertices, scale=options.alignment is Alignment.SIMILARITY
+    )
+    # Pose unknowns in millimetres of displacement at the mesh's radius, so they are O(1) like the latents.
+    radius_mm = MM_PER_M * (mean_shape - mean_shape.mean(0)).norm(dim=-1).mean().item()
+    rotvec = torch.zeros(batch, 3, device=device)  # rotation after pose0's, radians * radius_mm
+    log_scale = torch.zeros(batch, device=device)  # log scale * radius_mm
+    shift = torch.zeros(batch, 3, device=device)  # translation after pose0's, mm
+    extra = {Alignment.SIMILARITY: [rotvec, log_scale, shift], Alignment.RIGID: [rotvec, shift]}
+
+    def pose() -> Similarity:
+        if options.alignment is Alignment.NONE:
+            return Similarity.identity(batch, device)
+        return Similarity(
+            pose0.rotation @ rotation_matrix(rotvec / radius_mm),
+            pose0.scale * (log_scale / radius_mm).exp(),
+            pose0.translation + shift / MM_PER_M,
+        )
+
+    def data_energy(pred: Tensor) -> Tensor:
+        return (pose().apply(pred) - vertices).square().sum(-1).mean(-1) * MM_PER_M**2  # (B,) mm^2
+
+    xs, ws, e, e_data = _fit(
+        factors, decode, data_energy, batch, device, options, start, extra.get(options.alignment, ())
+    )
+    with torch.no_grad():
+        fitted_pose = pose()
+        recon = fitted_pose.apply(decode(*ws))
+    return xs, ws, e, e_data, fitted_pose, recon
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -390,48 +451,12 @@ def fit_meshes(
     start: optional (w_id, w_ex) initial codes, (B, K) each; default the mean identity and the neutral
     expression.
     """
-    if vertices.ndim != 3 or vertices.shape[1:] != model.mean_shape.shape:
-        raise ValueError(
-            f"meshes must be (B, {model.mean_shape.shape[0]}, 3) in the model's topology, "
-            f"got {tuple(vertices.shape)}"
-        )
-    device = vertices.device
-    vertices = vertices.float()
-    batch = vertices.shape[0]
-    # Pose: model frame -> target frame, initialised by Procrustes of the model mean onto the target and
-    # then refined with the latents (the mean-shape alignment alone is biased by the target's own shape).
-    pose0 = procrustes(
-        model.mean_shape.to(device)[None].expand(batch, -1, -1),
-        vertices,
-        scale=options.alignment is Alignment.SIMILARITY,
+    factors = (model.identity, model.expression)
+    xs, ws, e, e_data, pose, recon = fit_posed(
+        factors, model.decode, model.mean_shape, vertices, options, start
     )
-    # Pose unknowns in millimetres of displacement at the mesh's radius, so they are O(1) like the latents.
-    radius_mm = MM_PER_M * (model.mean_shape - model.mean_shape.mean(0)).norm(dim=-1).mean().item()
-    rotvec = torch.zeros(batch, 3, device=device)  # rotation after pose0's, radians * radius_mm
-    log_scale = torch.zeros(batch, device=device)  # log scale * radius_mm
-    shift = torch.zeros(batch, 3, device=device)  # translation after pose0's, mm
-    extra = {Alignment.SIMILARITY: [rotvec, log_scale, shift], Alignment.RIGID: [rotvec, shift]}
-
-    def pose() -> Similarity:
-        if options.alignment is Alignment.NONE:
-            return Similarity.identity(batch, device)
-        return Similarity(
-            pose0.rotation @ rotation_matrix(rotvec / radius_mm),
-            pose0.scale * (log_scale / radius_mm).exp(),
-            pose0.translation + shift / MM_PER_M,
-        )
-
-    def data_energy(pred: Tensor) -> Tensor:
-        return (pose().apply(pred) - vertices).square().sum(-1).mean(-1) * MM_PER_M**2  # (B,) mm^2
-
-    x_id, x_ex, w_id, w_ex, e, e_data = _fit(
-        model, data_energy, batch, device, options, start, extra.get(options.alignment, ())
-    )
-    z_id, z_ex = _latents(model, options.prior, x_id, x_ex, w_id, w_ex)
-    with torch.no_grad():
-        fitted_pose = pose()
-        recon = fitted_pose.apply(model.decode(w_id, w_ex))
-    return LatentFit(z_id, z_ex, w_id.detach(), w_ex.detach(), recon, e, e_data, fitted_pose)
+    z_id, z_ex = (_z(f, options.prior, x, w) for f, x, w in zip(factors, xs, ws, strict=True))
+    return LatentFit(z_id, z_ex, ws[0].detach(), ws[1].detach(), recon, e, e_data, pose)
 
 
 def rotation_matrix(rotvec: Tensor) -> Tensor:
@@ -541,10 +566,11 @@ def fit_keypoints(
         px = project_points(landmarks(pred), K.float(), R.float(), t.float())  # (B, L, 2)
         return ((px - keypoints).square().sum(-1) * wts).sum(-1) / wts.sum(-1).clamp_min(1.0)  # (B,) px^2
 
-    x_id, x_ex, w_id, w_ex, e, e_data = _fit(
-        model, data_energy, keypoints.shape[0], keypoints.device, options
+    factors = (model.identity, model.expression)
+    xs, ws, e, e_data = _fit(
+        factors, model.decode, data_energy, keypoints.shape[0], keypoints.device, options, (None, None)
     )
-    z_id, z_ex = _latents(model, options.prior, x_id, x_ex, w_id, w_ex)
+    z_id, z_ex = (_z(f, options.prior, x, w) for f, x, w in zip(factors, xs, ws, strict=True))
     with torch.no_grad():
-        verts = model.decode(w_id, w_ex)
-    return LatentFit(z_id, z_ex, w_id.detach(), w_ex.detach(), verts, e, e_data, None)
+        verts = model.decode(*ws)
+    return LatentFit(z_id, z_ex, ws[0].detach(), ws[1].detach(), verts, e, e_data, None)
