@@ -167,6 +167,11 @@ def source_tensor(config: ModelConfig, progress: bool) -> FaceTensor:
 
         tensor = load_tensor_npz(Path(config.tensor_path).expanduser())
         return select_expressions(tensor, config.expressions, "model.expressions")
+    if config.source is ModelSource.anny_transfer:
+        from synth.facemodel.transfer import build_transfer_tensor
+
+        prior = _anny_prior(config, config.n_identities)
+        return build_transfer_tensor(prior, config.transfer, config.seed, progress)
     from synth.facemodel.anny_source import build_anny_tensor
 
     return build_anny_tensor(_anny_prior(config, config.n_identities), config.seed, progress)

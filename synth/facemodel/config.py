@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from synth.facemodel.anny_source import AnnyPriorConfig
+from synth.facemodel.transfer_config import TransferConfig
 
 # Bump when the model directory layout or the build recipe changes: it keys the cache and is checked on load.
 MODEL_FORMAT_VERSION = 1
@@ -23,6 +24,7 @@ class ModelSource(Enum):
 
     anny = "anny"  # infant identities sampled from Anny, expressions from the AU catalogue
     tensor = "tensor"  # a user's own tensor file (see docs/bring-your-own-model.md)
+    anny_transfer = "anny_transfer"  # the Anny infants, expressions transferred from remeshed adults
 
 
 @dataclass
@@ -74,6 +76,7 @@ class ModelConfig:
         tensor). anny: the infant phenotype prior; n_identities: base identities sampled from it (each
         also mirrored and symmetrised: 3 x n_identities in the tensor); expressions: catalogue names to
         keep (empty = all 76; "neutral" is always kept); intensity: the expression intensity delta.
+    transfer: with source `anny_transfer`, how the expressions are transferred from adult heads.
     variance_id, variance_ex: fraction of each mode's energy the truncated HOSVD keeps (1 = full rank).
     seed: seed of the identity prior, the flows' initialisation, noise and minibatches.
     report_held_out: base identities drawn with fresh seeds for the model report (0: no report).
@@ -84,6 +87,7 @@ class ModelConfig:
     source: ModelSource = ModelSource.anny
     anny: AnnyPriorConfig = field(default_factory=AnnyPriorConfig)
     tensor_path: str | None = None
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     n_identities: int = 95
     expressions: list[str] = field(default_factory=list)
     intensity: float = 1.0
@@ -128,6 +132,8 @@ def build_spec(config: ModelConfig) -> dict[str, Any]:
     spec.pop("out")
     if config.source is ModelSource.tensor:
         spec.pop("anny")
+    if config.source is not ModelSource.anny_transfer:
+        spec.pop("transfer")  # keeps the build keys of the other sources unchanged
     spec["format_version"] = MODEL_FORMAT_VERSION
     return spec
 
