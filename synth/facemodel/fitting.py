@@ -22,11 +22,13 @@ from enum import Enum
 import torch
 from torch import Tensor
 
+from synth.facemodel.metrics import MM_PER_M, per_vertex_error
 from synth.facemodel.model import FaceModel
+from synth.render.camera import Cameras
+
+__all__ = ["per_vertex_error"]  # re-exported: fits are judged with it
 
 log = logging.getLogger(__name__)
-
-MM_PER_M = 1000.0
 
 
 class Prior(Enum):
@@ -470,11 +472,6 @@ def rotation_matrix(rotvec: Tensor) -> Tensor:
     return torch.eye(3, device=rotvec.device, dtype=rotvec.dtype) + a * k + b * (k @ k)
 
 
-def per_vertex_error(pred: Tensor, target: Tensor) -> Tensor:
-    """(B, N, 3), (B, N, 3) metres -> (B, N) Euclidean per-vertex error in millimetres."""
-    return (pred - target).norm(dim=-1) * MM_PER_M
-
-
 def neutral_twin(model: FitModel, w_id: Tensor) -> Tensor:
     """The neutral-expression mesh of identities w_id (B, K_id) -> (B, N, 3), model frame.
 
@@ -530,40 +527,27 @@ class NeutraliseStage:
 # ----------------------------------------------------------------------------------------------------
 
 
-def project_points(points: Tensor, K: Tensor, R: Tensor, t: Tensor) -> Tensor:
-    """Pinhole projection, OpenCV convention (DESIGN 6: camera.K, world-to-camera R, t).
-
-    points: (B, L, 3) world, metres; K: (B, 3, 3) pixels; R: (B, 3, 3); t: (B, 3) -> (B, L, 2) pixels.
-    Differentiable, for the fit's data term (the renderer's projection is numpy / not needed here).
-    """
-    cam = points @ R.transpose(1, 2) + t[:, None]  # (B, L, 3) camera frame
-    pix = cam @ K.transpose(1, 2)  # (B, L, 3) homogeneous pixels
-    return pix[..., :2] / pix[..., 2:3]
-
-
 def fit_keypoints(
     model: FitModel,
     keypoints: Tensor,
-    K: Tensor,
-    R: Tensor,
-    t: Tensor,
+    cameras: Cameras,
     landmarks: Callable[[Tensor], Tensor],
     options: FitOptions,
     weights: Tensor | None = None,
 ) -> LatentFit:
     """Recover (z_id, z_ex) from 2D keypoints of known cameras (LiP-Flow eq. 10-12 with our priors).
 
-    keypoints: (B, L, 2) pixels; K, R, t: cameras as in `project_points`; landmarks: vertices (B, N, 3)
-    -> (B, L, 3) differentiable; weights: optional (B, L) visibility in [0, 1]. The mesh is in the world
-    frame of the cameras (no alignment: the pose is part of the camera). Initialised at the mean
-    identity and neutral expression.
+    keypoints: (B, L, 2) pixels; cameras: B cameras (OpenCV convention, `synth.render.camera`);
+    landmarks: vertices (B, N, 3) -> (B, L, 3), differentiable; weights: optional (B, L) visibility in
+    [0, 1]. The mesh is in the world frame of the cameras (no alignment: the pose is part of the camera).
+    Initialised at the mean identity and neutral expression.
     """
     if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
         raise ValueError(f"keypoints must be (B, L, 2) pixels, got {tuple(keypoints.shape)}")
     wts = torch.ones(keypoints.shape[:2], device=keypoints.device) if weights is None else weights.float()
 
     def data_energy(pred: Tensor) -> Tensor:
-        px = project_points(landmarks(pred), K.float(), R.float(), t.float())  # (B, L, 2)
+        px = cameras.project(landmarks(pred))[..., :2]  # (B, L, 2)
         return ((px - keypoints).square().sum(-1) * wts).sum(-1) / wts.sum(-1).clamp_min(1.0)  # (B,) px^2
 
     factors = (model.identity, model.expression)

@@ -23,9 +23,9 @@ from synth.facemodel.fitting import (
     neutralise,
     per_vertex_error,
     procrustes,
-    project_points,
     rotation_matrix,
 )
+from synth.render.camera import Cameras, orbit_pose
 from tests.facemodel._fitmodels import synthetic_model
 
 
@@ -81,7 +81,9 @@ def test_rotation_matrix_matches_scipy_and_is_smooth_at_zero() -> None:
 @pytest.mark.parametrize("prior", list(Prior))
 def test_fit_recovers_known_latents_in_the_model_frame(synth_model, prior: Prior) -> None:
     w_id, w_ex, verts = _truth(synth_model, 4, seed=3)
-    fit = fit_meshes(synth_model, verts, FitOptions(gamma1=0.999, gamma2=0.001, prior=prior, alignment=Alignment.NONE))
+    fit = fit_meshes(
+        synth_model, verts, FitOptions(gamma1=0.999, gamma2=0.001, prior=prior, alignment=Alignment.NONE)
+    )
     assert per_vertex_error(fit.vertices, verts).mean(1).max() < 0.01
     assert _product_error(w_id, w_ex, fit.w_id, fit.w_ex) < 0.01
     torch.testing.assert_close(fit.w_id, synth_model.identity.to_w(fit.z_id), atol=1e-4, rtol=0)
@@ -117,32 +119,27 @@ def test_neutralise_stage_over_a_numpy_batch(synth_model) -> None:
     assert per_vertex_error(torch.from_numpy(batch["mesh_neutral"]), truth).max() < 0.05
 
 
-def _camera(batch: int):
-    K = torch.tensor([[600.0, 0, 256], [0, 600.0, 256], [0, 0, 1]]).expand(batch, 3, 3)
-    yaw = np.deg2rad(10.0) * np.arange(batch)
-    R = torch.tensor(Rotation.from_rotvec(np.stack([0 * yaw, yaw, 0 * yaw], 1)).as_matrix()).float()
-    t = torch.tensor([0.0, 0.0, 0.5]).expand(batch, 3)
-    return K, R, t
-
-
-def test_project_points_matches_opencv_convention() -> None:
-    K, R, t = _camera(1)
-    pts = torch.tensor([[[0.0, 0.0, 0.0], [0.05, -0.02, 0.0]]])
-    px = project_points(pts, K, torch.eye(3)[None], t)
-    torch.testing.assert_close(px, torch.tensor([[[256.0, 256.0], [256 + 600 * 0.1, 256 - 600 * 0.04]]]))
+def _cameras(batch: int) -> Cameras:
+    """Cameras 0.5 m in front of the origin (looking along +y), yawed by 10 degrees each."""
+    rs, ts = zip(
+        *(orbit_pose(10.0 * i, 0.0, 0.0, 0.5, (0.0, 0.0), np.zeros(3)) for i in range(batch)), strict=True
+    )
+    k = torch.tensor([[600.0, 0, 256], [0, 600.0, 256], [0, 0, 1]], dtype=torch.float64)
+    return Cameras(k.expand(batch, 3, 3), torch.tensor(np.stack(rs)), torch.tensor(np.stack(ts)), 512, 512)
 
 
 @pytest.mark.parametrize("prior", list(Prior))
 def test_keypoint_fit_recovers_the_mesh_from_dense_keypoints(synth_model, prior: Prior) -> None:
     _, _, verts = _truth(synth_model, 3, seed=6, scale=0.5)
-    K, R, t = _camera(3)
+    cameras = _cameras(3)
     ids = torch.arange(0, verts.shape[1], 2)
 
     def landmarks(v):
         return v[:, ids]
 
-    kp = project_points(landmarks(verts), K, R, t)
-    fit = fit_keypoints(synth_model, kp, K, R, t, landmarks, FitOptions(gamma1=0.999, gamma2=0.001, prior=prior))
+    kp = cameras.project(landmarks(verts))[..., :2]
+    options = FitOptions(gamma1=0.999, gamma2=0.001, prior=prior)
+    fit = fit_keypoints(synth_model, kp, cameras, landmarks, options)
     assert fit.data_term.max() < 1e-3  # px^2
     assert per_vertex_error(fit.vertices, verts).mean(1).max() < 0.05
 
