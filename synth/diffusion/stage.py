@@ -50,20 +50,7 @@ class DiffusionStage:
         self.dtype = self.pipe.unet.dtype
         self._embeds: dict[str, torch.Tensor] = {}
         if self.device.type == "cuda":
-            self._tune_for_cuda()
-
-    def _tune_for_cuda(self) -> None:
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        nets = [self.pipe.unet, *self.pipe.controlnet.nets]
-        for net in [*nets, self.pipe.vae]:
-            net.set_attn_processor(AttnProcessor2_0())
-            net.to(memory_format=torch.channels_last)
-        if self.cfg.compile:
-            self.pipe.unet = torch.compile(self.pipe.unet)
-            for i, net in enumerate(self.pipe.controlnet.nets):
-                self.pipe.controlnet.nets[i] = torch.compile(net)
-            self.pipe.vae.decode = torch.compile(self.pipe.vae.decode)
+            tune_pipeline(self.pipe, compile_models=cfg.compile)
 
     @property
     def cfg_guidance(self) -> bool:
@@ -145,6 +132,22 @@ class DiffusionStage:
             hit, _ = self.pipe.encode_prompt(text, self.device, 1, False)
             self._embeds[text] = hit
         return hit
+
+
+def tune_pipeline(pipe, compile_models: bool) -> None:
+    """In place: SDPA attention and channels-last weights for the UNet, both ControlNets and the VAE, and
+    optionally `torch.compile` of the UNet, the ControlNets and the VAE decoder. The stage applies it on
+    CUDA; it is numerically neutral up to rounding on any device."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    for net in [pipe.unet, *pipe.controlnet.nets, pipe.vae]:
+        net.set_attn_processor(AttnProcessor2_0())
+        net.to(memory_format=torch.channels_last)
+    if compile_models:
+        pipe.unet = torch.compile(pipe.unet)
+        for i, net in enumerate(pipe.controlnet.nets):
+            pipe.controlnet.nets[i] = torch.compile(net)
+        pipe.vae.decode = torch.compile(pipe.vae.decode)
 
 
 def _to_torch(array: np.ndarray, device: torch.device) -> torch.Tensor:

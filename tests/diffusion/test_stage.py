@@ -10,7 +10,7 @@ import torch
 from synth.diffusion.conditioning import canny_condition, depth_condition, to_control_images
 from synth.diffusion.config import ETHNICITIES, DiffusionConfig
 from synth.diffusion.prompts import build_prompts
-from synth.diffusion.stage import DiffusionStage
+from synth.diffusion.stage import DiffusionStage, tune_pipeline
 from synth.seeding import Stage, torch_seed
 
 SIZE = 64
@@ -152,6 +152,16 @@ def test_dpmsolver_without_guidance_sweep_and_resized_maps(tiny_diffusion_dir: P
     assert out["rgb"].shape == (2, 6, 32, 32, 3)
     assert all(list(row) == list(ETHNICITIES) for row in out["ethnicity"])
     assert np.array_equal(out["rgb"], stage(_batch([0, 1]))["rgb"])
+
+
+def test_gpu_tuning_keeps_the_images(stage: DiffusionStage) -> None:
+    """SDPA processors and channels-last weights (the CUDA path, minus compile) change rounding only."""
+    batch = _batch([2, 8])
+    ref = stage(batch)["rgb"]
+    tuned = DiffusionStage(stage.cfg, RUN_SEED)
+    tune_pipeline(tuned.pipe, compile_models=False)
+    assert tuned.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert np.abs(tuned(batch)["rgb"].astype(np.int16) - ref).max() <= BATCH_TOLERANCE
 
 
 def test_empty_batch_and_disabled_config(stage: DiffusionStage) -> None:
