@@ -4,9 +4,9 @@ A run is `num_samples` global indices cut into shards of `output.samples_per_sha
 shard s holds [s * P, min((s + 1) * P, num_samples)). The shard is the unit of work and of resume.
 
 The fingerprint is a sha256 over the resolved config minus the fields that cannot change a byte of the
-geometry (the `runtime` group, the output directory, the preview size, device / batching knobs of the
-stages), plus the face model's id. `run.json` in the output directory holds it from the first shard on;
-a rerun with a different fingerprint is refused instead of mixing two datasets.
+samples (the `runtime` group, `num_samples`, the output directory, the preview size, device / batching
+knobs of the stages), plus the face model's id. `run.json` in the output directory holds it from the
+first shard on; a rerun with a different fingerprint is refused instead of mixing two datasets.
 """
 
 import dataclasses
@@ -31,6 +31,8 @@ RUN_FILE = "run.json"
 # Keys (dotted) left out of the fingerprint: they change how a run executes, not what it writes.
 NOT_FINGERPRINTED = (
     "runtime",
+    "num_samples",  # sample i does not depend on it: a dataset can grow in place
+    "model.out",
     "output.dir",
     "output.overwrite",
     "preview_samples",

@@ -107,6 +107,15 @@ def prepare(cfg: GenerateConfig, output_dir: Path | None = None) -> tuple[Worker
     sampler_for(cfg, model)  # raises SynthError when the sampler asks for what the model lacks
     fingerprint = fingerprint_config(cfg, model.model_id)
     resuming = check_output_dir(out, fingerprint, cfg.output.overwrite)
+    if resuming:
+        units = shard_units(cfg.num_samples, cfg.output.samples_per_shard)
+        beyond = sorted(set(complete_shards(out, clean=False)) - {u.shard_id for u in units})
+        if beyond:
+            raise SynthError(
+                f"output.dir={out} holds shards up to {beyond[-1]} but num_samples={cfg.num_samples} needs "
+                f"{len(units)}; a dataset cannot shrink in place: choose a new output.dir "
+                "(samples 0..n-1 are the same in any run of this config)"
+            )
     spec = WorkerSpec(cfg=cfg, model_dir=str(model_dir), output_dir=str(out), model_id=model.model_id)
     return spec, resuming
 
@@ -123,17 +132,16 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
     if not resuming and out.exists() and cfg.output.overwrite is Overwrite.REPLACE:
         _replace(out)
     out.mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        write_run_file(out, fingerprint, to_jsonable(cfg))
+    write_run_file(out, fingerprint, to_jsonable(cfg))
     write_dataset_files(out, model.faces, list(model.au_names), landmarks=_landmarks_json(model))
 
     units = shard_units(cfg.num_samples, cfg.output.samples_per_shard)
     done = set(complete_shards(out, clean=True))
-    stray = done - {u.shard_id for u in units}
-    if stray:
-        raise SynthError(
-            f"{out} holds shards {sorted(stray)[:5]} beyond this run's {len(units)}; choose a new output.dir"
-        )
+    for unit in units:
+        if unit.shard_id in done and read_shard_info(out, unit.shard_id).num_samples != unit.size:
+            # A run grown with a larger num_samples: the old last shard was partial; write it again.
+            _remove_shard(out, unit.shard_id)
+            done.discard(unit.shard_id)
     todo = [u for u in units if u.shard_id not in done]
     if done:
         log.info("resuming: %d of %d shards already complete in %s", len(done), len(units), out)
@@ -191,6 +199,12 @@ def _execute(spec: WorkerSpec, units: list[ShardUnit], on_shard: Callable[[Shard
         from synth.pipeline.ray_exec import run_ray
 
         run_ray(spec, units, on_shard)
+
+
+def _remove_shard(out: Path, shard_id: int) -> None:
+    info = read_shard_info(out, shard_id)
+    (out / info.index_part).unlink()  # the index part first: without it the shard is incomplete
+    (out / info.name).unlink()
 
 
 def _replace(out: Path) -> None:

@@ -169,3 +169,25 @@ def test_preview_command_on_a_dataset(
     image = Image.open(sheet)
     assert image.size == (4 * (4 * 128 + 6) + 6, 2 * (128 + 30 + 6) + 6)  # 6 tiles: 4 columns, 2 rows
     assert len(set(image.convert("L").getdata())) > 50  # renders, not blank panels
+
+
+def test_a_dataset_grows_in_place_and_refuses_to_shrink(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def run(out: Path, n: int) -> None:
+        over = _overrides(
+            tiny_model_dir, out, f"num_samples={n}", "runtime.executor=local", "preview_samples=0"
+        )
+        generate(compose_config("generate", over))
+
+    run(tmp_path / "grown", 10)  # shards of 4, 4, 2
+    run(tmp_path / "grown", 14)  # shard 2 rewritten with 4 samples, shard 3 added
+    run(tmp_path / "fresh", 14)
+    assert _dataset_bytes(tmp_path / "grown") == _dataset_bytes(tmp_path / "fresh")
+    assert validate_dataset(tmp_path / "grown").num_samples == 14
+    args = [
+        "generate",
+        *_overrides(tiny_model_dir, tmp_path / "grown", "num_samples=6", "runtime.executor=local"),
+    ]
+    assert _cli(args, monkeypatch, tmp_path) == 2
+    assert "cannot shrink" in capsys.readouterr().err
