@@ -61,7 +61,7 @@ def main() -> int:
     start = time.perf_counter()
     errors = validate_transfer(transfer, AnnyPriorConfig(), args.seed, args.infants, expressions=expressions)
     seconds = time.perf_counter() - start
-    command = "synth transfer validate " + " ".join(sys.argv[1:])
+    command = "synth transfer " + " ".join(sys.argv[1:])
     report = REPORT.format(
         command=command.strip(),
         infants=args.infants,

@@ -1,0 +1,268 @@
+"""The paper's AU detector (BabyFlow 4.2, after Derkach et al.): spectral features of landmark patches
+and one SVM per AU, plus the evaluation of both AU labelling methods on held-out identities.
+
+Features (eq. 3-4). Around each of the 19 central landmarks (`landmarks.CENTRAL_LANDMARKS`, the ears
+excluded) a patch of the topology: the `patch_size` vertices nearest to the landmark along the mesh
+graph (breadth-first rings, ties by Euclidean distance on the template), with the mesh edges between
+them. Its graph Laplacian L_k = D - A (eq. 3: -1 per edge, the valence on the diagonal) is
+eigen-decomposed once per topology; Phi_k holds the eigenvectors of the tau = 50 smallest eigenvalues.
+A mesh's patch coordinates v_k (n_k, 3), centred on the patch mean, project to Omega_k = Phi_k^T v_k
+(tau, 3) (eq. 4); the feature vector of a mesh is all 19 Omega_k, flattened (19 * tau * 3).
+
+Classifiers: one binary `sklearn.svm.SVC` (LIBSVM, RBF kernel, balanced class weights) per AU on the
+standardised features, as the paper's 46 LIBSVM classifiers; an AU with a single class in the training
+set predicts that class.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+from scipy.sparse.csgraph import laplacian
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from synth.facemodel.landmarks import CENTRAL_INDICES, LandmarkDefinition
+
+log = logging.getLogger(__name__)
+
+TAU = 50
+
+
+@dataclass(frozen=True)
+class SpectralPatches:
+    """Landmark patches of one topology and their low-frequency Laplacian eigenvectors.
+
+    vertex_ids: (K, P) int64 patch vertices per landmark; eigvecs: (K, P, tau) float64 (eq. 4's Phi);
+    eigvals: (K, tau) the matching Laplacian eigenvalues; names: the K landmark names.
+    """
+
+    vertex_ids: np.ndarray
+    eigvecs: np.ndarray
+    eigvals: np.ndarray
+    names: tuple[str, ...]
+
+    @property
+    def n_features(self) -> int:
+        k, _, tau = self.eigvecs.shape
+        return k * tau * 3
+
+
+def _adjacency(faces: np.ndarray, n_vertices: int) -> sp.csr_matrix:
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    adj = sp.coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n_vertices, n_vertices))
+    adj = ((adj + adj.T) > 0).astype(np.float64)
+    return adj.tocsr()
+
+
+def _graph_patch(adj: sp.csr_matrix, vertices: np.ndarray, seed: int, size: int) -> np.ndarray:
+    """The `size` vertices nearest to `seed` by breadth-first rings, ties broken by Euclidean distance."""
+    order = [seed]
+    seen = {seed}
+    ring = [seed]
+    while len(order) < size and ring:
+        nxt = sorted(
+            {int(j) for i in ring for j in adj.indices[adj.indptr[i] : adj.indptr[i + 1]]} - seen,
+            key=lambda j: float(np.linalg.norm(vertices[j] - vertices[seed])),
+        )
+        seen.update(nxt)
+        order.extend(nxt)
+        ring = nxt
+    if len(order) < size:
+        raise ValueError(f"the component of vertex {seed} has only {len(order)} vertices, need {size}")
+    return np.array(order[:size], dtype=np.int64)
+
+
+def build_patches(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    definition: LandmarkDefinition,
+    patch_size: int = 150,
+    tau: int = TAU,
+    landmark_indices: tuple[int, ...] = CENTRAL_INDICES,
+) -> SpectralPatches:
+    """Patches around the landmarks (default: the 19 central ones) of a template (N, 3) / faces (F, 3)."""
+    if tau > patch_size:
+        raise ValueError(f"tau={tau} eigenvectors need patches of at least tau vertices, got {patch_size}")
+    adj = _adjacency(np.asarray(faces), len(vertices))
+    vid = definition.vertex_ids(faces)  # (L, 3)
+    ids, vecs, vals = [], [], []
+    for k in landmark_indices:
+        seed = int(vid[k][np.argmax(definition.weights[k])])  # the landmark's dominant vertex
+        patch = _graph_patch(adj, vertices, seed, patch_size)
+        lap = laplacian(adj[patch][:, patch]).toarray()  # eq. 3: valence on the diagonal, -1 per edge
+        w, v = scipy.linalg.eigh(lap, subset_by_index=[0, tau - 1])  # the tau smallest
+        ids.append(patch)
+        vecs.append(v)
+        vals.append(w)
+    return SpectralPatches(
+        vertex_ids=np.stack(ids),
+        eigvecs=np.stack(vecs),
+        eigvals=np.stack(vals),
+        names=tuple(definition.names[k] for k in landmark_indices),
+    )
+
+
+def spectral_features(vertices: np.ndarray, patches: SpectralPatches) -> np.ndarray:
+    """Eq. 4 for every landmark patch: vertices (n, N, 3) -> features (n, K * tau * 3) float32."""
+    v = np.asarray(vertices, dtype=np.float64)[:, patches.vertex_ids]  # (n, K, P, 3)
+    v = v - v.mean(axis=2, keepdims=True)  # patch-centred: translation-free
+    omega = np.einsum("kpt,nkpd->nktd", patches.eigvecs, v)  # (n, K, tau, 3)
+    return omega.reshape(len(v), -1).astype(np.float32)
+
+
+class AuDetector:
+    """One RBF SVM per AU on standardised spectral features (the paper's 46 LIBSVM classifiers)."""
+
+    def __init__(self, c: float = 10.0, gamma: str | float = "scale") -> None:
+        self.c = c
+        self.gamma = gamma
+        self.scaler = StandardScaler()
+        self.models: list[SVC | bool] = []
+
+    def fit(self, features: np.ndarray, labels: np.ndarray) -> "AuDetector":
+        """features (n, D), labels (n, A) bool (AU present)."""
+        x = self.scaler.fit_transform(features)
+        self.models = []
+        for a in range(labels.shape[1]):
+            y = labels[:, a].astype(bool)
+            if y.all() or not y.any():
+                self.models.append(bool(y[0]))  # one class only: predict it
+                continue
+            self.models.append(SVC(C=self.c, gamma=self.gamma, class_weight="balanced").fit(x, y))
+        return self
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """features (n, D) -> (n, A) bool AU presence."""
+        x = self.scaler.transform(features)
+        out = np.zeros((len(x), len(self.models)), dtype=bool)
+        for a, model in enumerate(self.models):
+            out[:, a] = model if isinstance(model, bool) else model.predict(x).astype(bool)
+        return out
+
+
+def precision_recall_f1(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Per-AU precision, recall, F1 and support: truth, pred (n, A) bool -> (A, 4) float64.
+
+    An undefined ratio (no prediction / no positive) is reported as NaN, not 0 or 1.
+    """
+    truth, pred = truth.astype(bool), pred.astype(bool)
+    tp = (truth & pred).sum(0).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = tp / pred.sum(0)
+        recall = tp / truth.sum(0)
+        f1 = 2 * tp / (pred.sum(0) + truth.sum(0))
+    return np.stack([precision, recall, f1, truth.sum(0).astype(np.float64)], axis=1)
+
+
+# --- evaluation on Anny infants --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuSet:
+    """Meshes with known AUs for training / evaluating AU labelling.
+
+    meshes: (n_id, n_ex, N, 3) float32; aus: (n_id, n_ex, A) float32 true intensities (0 = absent);
+    mixture: (n_ex,) bool, False for the catalogue expressions, True for random mixtures;
+    neutral: (n_id, N, 3) float64; bases: (n_id, A, N, 3) float32 per-AU deformation bases.
+    """
+
+    meshes: np.ndarray
+    aus: np.ndarray
+    mixture: np.ndarray
+    neutral: np.ndarray
+    bases: np.ndarray
+
+
+def random_mixtures(rng: np.random.Generator, n: int, n_au: int, max_active: int, low: float) -> np.ndarray:
+    """(n, A) AU vectors: 1..max_active random AUs each at intensity ~ Uniform(low, 1)."""
+    out = np.zeros((n, n_au), dtype=np.float32)
+    for row in out:
+        on = rng.choice(n_au, size=int(rng.integers(1, max_active + 1)), replace=False)
+        row[on] = rng.uniform(low, 1.0, size=on.size)
+    return out
+
+
+def anny_au_set(params, n_mixtures: int, seed: int, max_active: int = 4, low: float = 0.3) -> AuSet:
+    """Anny infants (A1's `IdentityParams`) in the 75 non-neutral catalogue expressions, the neutral and
+    `n_mixtures` random AU mixtures each (drawn per identity from `numpy_rng(seed, i, BUILD, 3)`)."""
+    from synth.facemodel.anny_source import facial_action_bases
+    from synth.facemodel.expressions import load_catalogue
+    from synth.seeding import Stage, numpy_rng
+
+    cat = load_catalogue()
+    table = cat.au_to_actions.astype(np.float64)  # (A, 52)
+    n_id, n_au = len(params), len(cat.au_names)
+    n_ex = len(cat.expression_names) + n_mixtures
+    meshes = aus = neutral = bases = None
+    for i in range(n_id):
+        neutral_i, action_bases = facial_action_bases(params[i : i + 1])  # (1, N, 3), (1, 52, N, 3)
+        mix = random_mixtures(numpy_rng(seed, i, Stage.BUILD, 3), n_mixtures, n_au, max_active, low)
+        aus_i = np.concatenate([cat.expression_aus, mix])  # (n_ex, A)
+        actions = np.clip(aus_i @ table, 0.0, 1.0)  # (n_ex, 52)
+        if meshes is None:
+            n_vert = neutral_i.shape[1]
+            meshes = np.empty((n_id, n_ex, n_vert, 3), dtype=np.float32)
+            aus = np.empty((n_id, n_ex, n_au), dtype=np.float32)
+            neutral = np.empty((n_id, n_vert, 3))
+            bases = np.empty((n_id, n_au, n_vert, 3), dtype=np.float32)
+        meshes[i] = neutral_i[0] + np.einsum("ea,avd->evd", actions, action_bases[0])
+        aus[i] = aus_i
+        neutral[i] = neutral_i[0]
+        bases[i] = np.einsum("ua,avd->uvd", table, action_bases[0])
+    mixture = np.arange(n_ex) >= len(cat.expression_names)
+    return AuSet(meshes, aus, mixture, neutral, bases)
+
+
+@dataclass(frozen=True)
+class AuEvaluation:
+    """Per-AU (A, 4) precision / recall / F1 / support tables by method ("nnls", "svm") and test set
+    ("catalogue", "mixtures"); intensity_mae: (A,) mean absolute NNLS intensity error on the mixtures."""
+
+    au_names: list[str]
+    tables: dict[tuple[str, str], np.ndarray]
+    intensity_mae: np.ndarray
+
+
+def evaluate_au_labelling(
+    train: AuSet,
+    test: AuSet,
+    patches: SpectralPatches,
+    au_names: list[str],
+    threshold: float = 0.1,
+    detector: AuDetector | None = None,
+) -> AuEvaluation:
+    """Train the SVMs on `train`, then label `test` (held-out identities) with both methods.
+
+    NNLS: `au_labels.au_intensities` with each test identity's neutral and AU bases, present when the
+    intensity >= threshold. SVM: the spectral detector on the mesh alone. Ground truth: intensity > 0.
+    """
+    from synth.facemodel.au_labels import au_intensities
+
+    detector = detector or AuDetector()
+    n_au = train.aus.shape[-1]
+    x_train = spectral_features(train.meshes.reshape(-1, *train.meshes.shape[2:]), patches)
+    detector.fit(x_train, train.aus.reshape(-1, n_au) > 0)
+    log.info("trained %d SVMs on %d meshes", n_au, len(x_train))
+    svm = detector.predict(spectral_features(test.meshes.reshape(-1, *test.meshes.shape[2:]), patches))
+    svm = svm.reshape(*test.aus.shape)
+    est = np.stack(
+        [au_intensities(test.meshes[i], test.neutral[i], test.bases[i]) for i in range(len(test.meshes))]
+    )
+    truth = test.aus > 0
+    tables = {}
+    for set_name, mask in (("catalogue", ~test.mixture), ("mixtures", test.mixture)):
+        if not mask.any():
+            continue
+        t = truth[:, mask].reshape(-1, n_au)
+        tables["nnls", set_name] = precision_recall_f1(t, (est[:, mask] >= threshold).reshape(-1, n_au))
+        tables["svm", set_name] = precision_recall_f1(t, svm[:, mask].reshape(-1, n_au))
+    mix = test.mixture
+    mae = (
+        np.abs(est[:, mix] - test.aus[:, mix]).reshape(-1, n_au).mean(0)
+        if mix.any()
+        else np.full(n_au, np.nan)
+    )
+    return AuEvaluation(list(au_names), tables, mae)
