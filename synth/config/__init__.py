@@ -15,9 +15,12 @@ def register_configs() -> None:
     if _registered:
         return
     from synth.facemodel.config import BuildModelConfig
+    from synth.facemodel.fit_config import AnalyzeConfig, FitConfig
     from synth.pipeline.config import GenerateConfig
 
     cs = ConfigStore.instance()
     cs.store(name="build_model_schema", node=BuildModelConfig)
     cs.store(name="generate_schema", node=GenerateConfig)
+    cs.store(name="fit_schema", node=FitConfig)
+    cs.store(name="analyze_schema", node=AnalyzeConfig)
     _registered = True

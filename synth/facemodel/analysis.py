@@ -435,3 +435,87 @@ def gaussianity_table(model: FaceModel) -> dict[str, Any]:
                 "with_nf": gaussianity(flow.to_z(w).double().numpy()),
             }
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------------
+
+
+def _pm(stat: dict[str, float], digits: int = 3) -> str:
+    return f"{stat['mean']:.{digits}f} ± {stat['sd']:.{digits}f}"
+
+
+def reconstruction_markdown(result: dict[str, Any]) -> str:
+    """Markdown tables of `reconstruction_experiment`: errors per model and region, neutralisation."""
+    regions = [k for k in next(iter(result["models"].values())) if k != "all"]
+    head = "| model | all | " + " | ".join(regions) + " |\n|---|---|" + "---|" * len(regions) + "\n"
+    rows = "".join(
+        f"| {name} | {_pm(t['all'])} | " + " | ".join(_pm(t[r]) for r in regions) + " |\n"
+        for name, t in result["models"].items()
+    )
+    n = result["neutralisation"]
+    neut_rows = "".join(
+        f"| {label} | {_pm(n[key]['all'])} | " + " | ".join(_pm(n[key][r]) for r in regions) + " |\n"
+        for label, key in (
+            ("neutralised vs true neutral", "neutralised_vs_true_neutral_mm"),
+            ("expressive input vs true neutral (nothing done)", "expressive_vs_true_neutral_mm"),
+            ("fit of the true neutral (identity floor)", "fit_of_true_neutral_mm"),
+        )
+    )
+    return (
+        f"Per-vertex error (mm, mean ± sd over {result['held_out_meshes']} meshes of "
+        f"{result['held_out_identities']} held-out infants)\n\n{head}{rows}\n"
+        f"Neutralisation (flow prior; mm)\n\n{head.replace('model', 'mesh')}{neut_rows}\n"
+        f"Identity preservation: |z_id(expressive) - z_id(neutral)| of the same infant "
+        f"{_pm(n['z_id_distance_same_infant'])}; between different infants' neutrals "
+        f"{_pm(n['z_id_distance_between_infants'])}\n"
+    )
+
+
+def keypoint_markdown(result: dict[str, Any]) -> str:
+    """Markdown table of `keypoint_experiment`."""
+    rows = "".join(
+        f"| {prior} | {_pm(r['vertex_error_mm'])} | {_pm(r['keypoint_rmse_px'])} |\n"
+        for prior, r in result["priors"].items()
+    )
+    return (
+        f"3D error of meshes fitted to {result['landmarks']} projected landmarks "
+        f"({result['samples']} held-out samples)\n\n"
+        "| prior | 3D vertex error (mm) | 2D keypoint RMSE (px) |\n"
+        f"|---|---|---|\n{rows}| (mean face, no fit) | {_pm(result['mean_face_error_mm'])} | |\n"
+    )
+
+
+def analysis_markdown(result: dict[str, Any]) -> str:
+    """Markdown tables of `synth analyze`."""
+    pa, s, g = result["parallel_analysis"], result["sampling"], result["gaussianity"]
+    lines = [
+        "| factor | significant dims (parallel analysis) | dof used | beta (rho = "
+        f"{s['rho']}) |\n|---|---|---|---|",
+        *(
+            f"| {f} | {pa[f]['significant']} | {s['dof'][f]} | {s['beta'][f]:.2f} |"
+            for f in ("identity", "expression")
+        ),
+        "",
+        "| sampling | DIV | DIV-ID | DIV-EXP | SP (mm) | edge strain, expressions | edge strain, ids |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {name} | {m['DIV']:.2f} | {m['DIV_ID']:.2f} | {m['DIV_EXP']:.2f} | {m['SP_mm']:.3f} | "
+            f"{_pm(m['edge_strain_expression'])} | {_pm(m['edge_strain_identity'])} |"
+            for name, m in s["models"].items()
+        ),
+        "",
+        "| nearest-neighbour pairs (Fig. 12) | mesh distance with-NF vs nearest without-NF (mm) |",
+        "|---|---|",
+        *(f"| {f} | {_pm(v['mesh_distance_mm'])} |" for f, v in s["nearest_neighbour_pairs"].items()),
+        "",
+        "| factor | KS mean without NF | KS mean with NF | KS radius chi2 without NF | with NF |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {f} | {v['without_nf']['ks_mean']:.3f} | {v['with_nf']['ks_mean']:.3f} | "
+            f"{v['without_nf']['ks_radius_chi2']:.3f} | {v['with_nf']['ks_radius_chi2']:.3f} |"
+            for f, v in g.items()
+        ),
+    ]
+    return "\n".join(lines) + "\n"

@@ -14,14 +14,19 @@ solves all of them; the line search is shared, which costs a few extra iteration
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from synth.atomic import atomic_write_bytes
+from synth.errors import SynthError
 from synth.facemodel.metrics import MM_PER_M, per_vertex_error
 from synth.facemodel.model import FaceModel
 from synth.render.camera import Cameras
@@ -509,8 +514,6 @@ class NeutraliseStage:
         self.model, self.options, self.device = model, options, torch.device(device)
 
     def __call__(self, batch: dict) -> dict:
-        import numpy as np
-
         verts = torch.as_tensor(np.asarray(batch["mesh"], dtype=np.float32), device=self.device)
         out = neutralise(self.model, verts, self.options)
         return {
@@ -558,3 +561,83 @@ def fit_keypoints(
     with torch.no_grad():
         verts = model.decode(*ws)
     return LatentFit(z_id, z_ex, ws[0].detach(), ws[1].detach(), verts, e, e_data, None)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Mesh files
+# ----------------------------------------------------------------------------------------------------
+
+
+def read_mesh_file(path: str | Path, n_vertices: int) -> np.ndarray:
+    """Vertices (N, 3) float32 metres of a mesh file in the model's topology: .npy (N, 3), or .ply / .obj
+    read by trimesh without processing (vertex order kept)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SynthError(f"inputs: {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        verts = np.load(path, allow_pickle=False)
+    elif suffix in (".ply", ".obj"):
+        import trimesh
+
+        mesh = trimesh.load(path, process=False, force="mesh")
+        verts = np.asarray(mesh.vertices)
+    else:
+        raise SynthError(f"inputs: {path} has suffix {suffix!r}; give .npy (N, 3), .ply or .obj meshes")
+    if verts.shape != (n_vertices, 3):
+        raise SynthError(
+            f"inputs: {path} has vertices {verts.shape}, the model's topology has ({n_vertices}, 3); "
+            "fit meshes registered to the model topology"
+        )
+    if not np.isfinite(verts).all():
+        raise SynthError(f"inputs: {path} has NaN or inf vertices")
+    return verts.astype(np.float32)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_mesh(path: str | Path, vertices: np.ndarray, faces: np.ndarray) -> None:
+    """Write vertices (N, 3) as .npy, or with faces (F, 3) as .ply / .obj (by suffix), atomically."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        atomic_write_bytes(path, _npy_bytes(np.asarray(vertices, dtype=np.float32)))
+        return
+    import trimesh
+
+    data = trimesh.Trimesh(vertices, faces, process=False).export(file_type=path.suffix.lower()[1:])
+    atomic_write_bytes(path, data if isinstance(data, bytes) else data.encode())
+
+
+def write_fit(
+    out_dir: str | Path,
+    stem: str,
+    suffix: str,
+    fit: LatentFit,
+    row: int,
+    faces: np.ndarray,
+    target: np.ndarray,
+    neutral: np.ndarray | None,
+) -> dict[str, float]:
+    """Write one fitted mesh's outputs into out_dir: `<stem>.latents.npz` (z_id, z_ex, w_id, w_ex, pose
+    rotation / scale / translation), `<stem>.recon<suffix>`, `<stem>.errors.npy` (per-vertex error, mm),
+    and `<stem>.neutral<suffix>` when `neutral` is given. Returns the error summary (mm)."""
+    out_dir = Path(out_dir)
+    arrays = {
+        "z_id": fit.z_id[row], "z_ex": fit.z_ex[row], "w_id": fit.w_id[row], "w_ex": fit.w_ex[row],
+        "rotation": fit.transform.rotation[row], "scale": fit.transform.scale[row],
+        "translation": fit.transform.translation[row],
+    }  # fmt: skip
+    buf = io.BytesIO()
+    np.savez(buf, **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
+    atomic_write_bytes(out_dir / f"{stem}.latents.npz", buf.getvalue())
+    recon = fit.vertices[row].detach().cpu().numpy()
+    write_mesh(out_dir / f"{stem}.recon{suffix}", recon, faces)
+    errors = per_vertex_error(torch.from_numpy(recon)[None], torch.from_numpy(target)[None])[0].numpy()
+    atomic_write_bytes(out_dir / f"{stem}.errors.npy", _npy_bytes(errors.astype(np.float32)))
+    if neutral is not None:
+        write_mesh(out_dir / f"{stem}.neutral{suffix}", neutral, faces)
+    return {"mean_mm": float(errors.mean()), "max_mm": float(errors.max())}
