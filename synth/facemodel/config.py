@@ -35,7 +35,8 @@ class FlowConfig:
     network; pca_variance: fraction of the coefficients' variance kept by the PCA in front of the flow
     (paper: 0.95); lambda_jac: weight of the Jacobian Frobenius norm in the loss (eq. 19: 1);
     dequant_scale: uniform dequantisation noise in units of each coordinate's standard deviation (paper:
-    1); epochs, batch_size, lr, weight_decay: Adam training.
+    1); epochs, batch_size, lr, weight_decay: Adam training (the default batch holds every training code of
+    the default model, so an epoch is one step).
     """
 
     layers: int = 6
@@ -44,8 +45,8 @@ class FlowConfig:
     pca_variance: float = 0.95
     lambda_jac: float = 1.0
     dequant_scale: float = 1.0
-    epochs: int = 400
-    batch_size: int = 64
+    epochs: int = 1000
+    batch_size: int = 512
     lr: float = 1e-3
     weight_decay: float = 1e-5
 
