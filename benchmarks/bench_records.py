@@ -1,13 +1,14 @@
 """Records benchmark: loader samples/s vs a folder of loose files, and writer MB/s, in the same run.
 
-    python benchmarks/bench_records.py [--samples 256] [--size 512] [--workers 2] [--per-shard 64]
+    python benchmarks/bench_records.py [--samples 192] [--size 512] [--workers 2] [--per-shard 16]
 
 Both readers load the same members (mesh, latents, au, depth, one RGB image) with the same decoders
 (`synth.records.codecs`) through a torch DataLoader with the same number of workers; the only difference
 is the storage: WebDataset tar shards streamed by `load_webdataset` vs one file per member in one folder
 per sample, opened one by one (a map-style Dataset). Each is measured with a warm page cache and with a
 cold one (`posix_fadvise(DONTNEED)` on every file first, as after a reboot or on a network file system
-without a local cache). Prints ratios (tar / loose) and absolute numbers, and the hardware.
+without a local cache). The same is repeated without decoding (raw member bytes) to isolate the storage
+cost. Prints ratios (tar / loose) and absolute numbers, and the hardware.
 """
 
 import argparse
@@ -110,14 +111,17 @@ def write_loose_files(root: Path, tar_root: Path) -> None:
 class LooseFiles(Dataset):
     """Map-style dataset over the loose-file folder, decoding with the same codecs as the loader."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, decode: bool = True) -> None:
         self.dirs = sorted(p for p in root.iterdir() if p.is_dir())
+        self.decode = decode
 
     def __len__(self) -> int:
         return len(self.dirs)
 
     def __getitem__(self, i: int) -> dict:
         d = self.dirs[i]
+        if not self.decode:
+            return {"__key__": d.name, **{p.name: p.read_bytes() for p in sorted(d.iterdir())}}
         latents = codecs.decode_npz((d / "latents.npz").read_bytes())
         return {
             "__key__": d.name,
@@ -162,10 +166,11 @@ def cpu_model() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=192)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--per-shard", type=int, default=64)
+    # 16 per shard: 12 shards for 2 workers, so that both get the same number of samples
+    parser.add_argument("--per-shard", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -177,11 +182,15 @@ def main() -> None:
         write_s, write_bytes = write_tar_dataset(work / "tar", samples, args.per_shard)
         del samples
         write_loose_files(work / "loose", work / "tar")
-        tar_ds = load_webdataset(work / "tar", keys=KEYS)
-        loose_ds = LooseFiles(work / "loose")
+        readers = {
+            "tar": (load_webdataset(work / "tar", keys=KEYS), work / "tar"),
+            "loose": (LooseFiles(work / "loose"), work / "loose"),
+            "tar-raw": (load_webdataset(work / "tar", keys=KEYS, decode=False), work / "tar"),
+            "loose-raw": (LooseFiles(work / "loose", decode=False), work / "loose"),
+        }
         results: dict[str, list[float]] = {}
         for cache in ("warm", "cold"):
-            for name, ds, root in (("tar", tar_ds, work / "tar"), ("loose", loose_ds, work / "loose")):
+            for name, (ds, root) in readers.items():
                 times = []
                 for _ in range(args.repeats):
                     if cache == "cold":
@@ -198,12 +207,13 @@ def main() -> None:
         mb = write_bytes / 1e6
         log.info("writer (all members, 1 process): %.1f MB in %.2f s = %.1f MB/s = %.1f samples/s",
                  mb, write_s, mb / write_s, args.samples / write_s)  # fmt: skip
-        for cache in ("warm", "cold"):
-            tar_rate = args.samples / min(results[f"tar/{cache}"])
-            loose_rate = args.samples / min(results[f"loose/{cache}"])
-            ratio = tar_rate / loose_rate
-            log.info("%s cache: tar loader %.1f samples/s, loose files %.1f samples/s -> ratio %.2fx",
-                     cache, tar_rate, loose_rate, ratio)  # fmt: skip
+        for mode, what in (("", "decoded tensors"), ("-raw", "raw bytes, no decoding")):
+            for cache in ("warm", "cold"):
+                tar_rate = args.samples / min(results[f"tar{mode}/{cache}"])
+                loose_rate = args.samples / min(results[f"loose{mode}/{cache}"])
+                ratio = tar_rate / loose_rate
+                log.info("%s, %s cache: tar loader %.1f samples/s, loose files %.1f samples/s -> ratio %.2fx",
+                         what, cache, tar_rate, loose_rate, ratio)  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

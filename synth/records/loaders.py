@@ -36,7 +36,7 @@ from torch.utils.data import IterableDataset
 
 from synth.errors import SynthError
 from synth.records.reader import RawSample, RecordError, check_crc, decode_raw, iter_raw_samples, shard_label
-from synth.records.schema import AU_NAMES, MANIFEST, MEMBER_BY_NAME, SPLITS
+from synth.records.schema import AU_NAMES, MANIFEST, MEMBER_BY_NAME, SPLITS, member_of
 
 log = logging.getLogger(__name__)
 
@@ -172,16 +172,32 @@ def _handle(err: RecordError, on_error: str) -> None:
     log.warning("skipped: %s", err)
 
 
+class _Wanted:
+    """Predicate on tar member filenames: does it belong to one of `members` (None: all)?"""
+
+    def __init__(self, members: frozenset[str] | None) -> None:
+        self.members = members
+
+    def __call__(self, filename: str) -> bool:
+        return self.members is None or _member_name(filename) in self.members
+
+
 class _ReadShards(wds.PipelineStage):
     """Open each shard, stream its raw samples, keep the selected ones, check them against the index.
 
-    With an index part next to the shard (a local dataset), every kept sample's members and CRC-32s are
-    checked against its row and the keys the index lists must all be seen (a truncated shard is noticed
-    even when it ends cleanly at a member boundary).
+    split / keys select samples, members selects which members' bytes are read. With an index part next
+    to the shard (a local dataset), the kept samples' members and CRC-32s are checked against their rows
+    and every key the index lists must be seen (a truncated shard is noticed even when it ends cleanly).
     """
 
-    def __init__(self, split: frozenset[str] | None, keys: frozenset[str] | None, on_error: str) -> None:
-        self.split, self.keys, self.on_error = split, keys, on_error
+    def __init__(
+        self,
+        split: frozenset[str] | None,
+        keys: frozenset[str] | None,
+        members: frozenset[str] | None,
+        on_error: str,
+    ) -> None:
+        self.split, self.keys, self.members, self.on_error = split, keys, members, on_error
 
     def run(self, src: Iterable[dict[str, str]]) -> Iterator[RawSample]:
         for item in src:
@@ -203,10 +219,13 @@ class _ReadShards(wds.PipelineStage):
         expected = self._expected(url)
         if expected is not None and not expected:
             return  # nothing selected in this shard
+        # Without an index, the split comes from meta.json, which must then be read.
+        need_meta = expected is None and self.split is not None and self.members is not None
+        wanted = _Wanted(self.members | {"meta"} if need_meta else self.members)
         seen: set[str] = set()
         stream = wds.gopen(url, "rb")
         try:
-            for raw in iter_raw_samples(stream, shard):
+            for raw in iter_raw_samples(stream, shard, wanted):
                 key = raw["__key__"]
                 raw["__url__"] = url
                 if expected is not None:
@@ -214,7 +233,7 @@ class _ReadShards(wds.PipelineStage):
                         continue
                     seen.add(key)
                     try:
-                        check_crc(raw, *expected[key])
+                        check_crc(raw, *expected[key], wanted)
                     except RecordError as err:
                         _handle(err, self.on_error)
                         continue
@@ -231,23 +250,15 @@ class _ReadShards(wds.PipelineStage):
             stream.close()
         if expected is not None and len(seen) < len(expected):
             missing = sorted(set(expected) - seen)
-            _handle(
-                RecordError(
-                    shard,
-                    missing[0],
-                    f"{len(missing)} indexed sample(s) missing from the tar "
-                    f"(truncated shard?): {missing[:5]}",
-                ),
-                self.on_error,
-            )
+            message = f"{len(missing)} indexed sample(s) missing from the tar (truncated?): {missing[:5]}"
+            _handle(RecordError(shard, missing[0], message), self.on_error)
 
     def _meta_split_ok(self, raw: RawSample) -> bool:
         try:
             return json.loads(raw["meta.json"])["split"] in self.split
         except (KeyError, ValueError) as err:
-            raise RecordError(
-                raw["__shard__"], raw["__key__"], f"meta.json has no readable split: {err}"
-            ) from None
+            message = f"meta.json has no readable split: {err}"
+            raise RecordError(raw["__shard__"], raw["__key__"], message) from None
 
 
 class _Shuffle(wds.PipelineStage):
@@ -280,6 +291,25 @@ class _Decode(wds.PipelineStage):
                 continue
             sample["__url__"] = raw["__url__"]
             yield {k: _to_torch(v) for k, v in sample.items()}
+
+
+class _SelectRaw(wds.PipelineStage):
+    """Keep the raw bytes of the selected members (`decode=False`)."""
+
+    def __init__(self, keys: frozenset[str] | None) -> None:
+        self.keys = keys
+
+    def run(self, src: Iterable[RawSample]) -> Iterator[RawSample]:
+        for raw in src:
+            if self.keys is None:
+                yield raw
+                continue
+            yield {k: v for k, v in raw.items() if k.startswith("__") or _member_name(k) in self.keys}
+
+
+def _member_name(filename: str) -> str | None:
+    member = member_of(filename)
+    return None if member is None else member.name
 
 
 def _to_torch(value: Any) -> Any:
@@ -317,6 +347,7 @@ def load_webdataset(
     shuffle_buffer: int = 256,
     seed: int = 0,
     on_error: str = "raise",
+    decode: bool = True,
 ) -> SynthWebDataset:
     """A torch IterableDataset over a synth dataset's shards, decoding samples to tensors.
 
@@ -329,6 +360,8 @@ def load_webdataset(
     seed: seeds the shuffles (with the epoch, see `set_epoch`); the same seed gives the same order.
     on_error: "raise" -> a RecordError naming shard and key on damaged data; "warn" -> skip the sample
         (or the rest of a truncated shard) with a RecordWarning.
+    decode: False yields the members' raw bytes ({"mesh.npy": b"...", ...}, for custom or GPU decoding);
+        the CRC checks against the index still apply.
 
     Each yielded sample is a dict: "__key__", "__url__", and per member a tensor with the member table's
     dtype and shape (depth (H, W) float32 metres, normal (H, W, 3) float32, mask (H, W) bool, canny /
@@ -351,14 +384,15 @@ def load_webdataset(
     if shuffle_buffer < 1:
         raise SynthError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
     urls = _resolve_urls(dir_or_urls, keys, selection)
+    wanted = frozenset(keys) if keys is not None else None
     shard_list = _ShardList(urls, shuffle=shuffle, seed=seed)
     shuffler = _Shuffle(shuffle_buffer, seed) if shuffle else None
     stages = [
         wds.split_by_node,
         wds.split_by_worker,
-        _ReadShards(splits, selection.keys if selection is not None else None, on_error),
+        _ReadShards(splits, selection.keys if selection is not None else None, wanted, on_error),
         shuffler,
-        _Decode(frozenset(keys) if keys is not None else None, on_error),
+        _Decode(wanted, on_error) if decode else _SelectRaw(wanted),
     ]
     return SynthWebDataset(shard_list, [s for s in stages if s is not None], shuffler)
 

@@ -9,7 +9,7 @@ import hashlib
 import os
 import tarfile
 import zlib
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,15 +45,22 @@ def shard_label(url: str) -> str:
     return Path(str(url)).name
 
 
-def iter_raw_samples(stream: IO[bytes], shard: str) -> Iterator[RawSample]:
+def iter_raw_samples(
+    stream: IO[bytes], shard: str, wanted: Callable[[str], bool] | None = None
+) -> Iterator[RawSample]:
     """Samples of one tar stream, in tar order: {"__key__", "__shard__", member filename: bytes}.
 
-    Raises RecordError naming the shard and the key being read when the tar is truncated or corrupt.
+    wanted: which member filenames to read (default all); the others are skipped without reading their
+    data when the stream is seekable (a local file), so reading a few members of large samples is cheap.
+    Every sample is yielded, even one with no wanted member. Raises RecordError naming the shard and the
+    key being read when the tar is truncated or corrupt, including a damaged header, which `tarfile`
+    alone takes for the end of the archive.
     """
+    seekable = _seekable(stream)
     current: RawSample | None = None
     last_key: str | None = None
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with tarfile.open(fileobj=stream, mode="r:" if seekable else "r|") as tar:
             for info in tar:
                 if not info.isreg():
                     continue
@@ -68,24 +75,50 @@ def iter_raw_samples(stream: IO[bytes], shard: str) -> Iterator[RawSample]:
                     current = {"__key__": key, "__shard__": shard}
                 if filename in current:
                     raise RecordError(shard, key, f"member {filename} appears twice")
+                if wanted is not None and not wanted(filename):
+                    continue
                 extracted = tar.extractfile(info)
                 assert extracted is not None  # regular file
                 current[filename] = extracted.read()
+            # What follows the last member must be the end-of-archive zero blocks.
+            rest = _rest(stream, tar, seekable)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise RecordError(shard, last_key, f"truncated or corrupt tar ({err})") from None
+    if rest.strip(b"\0") or len(rest) < (2 if seekable else 1) * tarfile.BLOCKSIZE:
+        problem = "damaged tar header" if rest.strip(b"\0") else "no end-of-archive marker"
+        raise RecordError(shard, last_key, f"truncated or corrupt tar ({problem} after this key)")
     if current is not None:
         yield current
 
 
-def check_crc(raw: RawSample, members: list[str], crc32: list[int]) -> None:
-    """Compare a raw sample's member names and CRC-32s with its index row; RecordError on a mismatch."""
+def _seekable(stream: IO[bytes]) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError):
+        return False
+
+
+def _rest(stream: IO[bytes], tar: tarfile.TarFile, seekable: bool) -> bytes:
+    """The bytes after the last member header `tar` accepted (up to 64 KiB: enough to see damage)."""
+    if seekable:
+        stream.seek(tar.offset)
+        return stream.read(1 << 16)
+    # Stream mode: tarfile consumed the first end block; its read-ahead buffer holds what followed.
+    return bytes(getattr(tar.fileobj, "buf", b"")) + stream.read(1 << 16)
+
+
+def check_crc(
+    raw: RawSample, members: list[str], crc32: list[int], wanted: Callable[[str], bool] | None = None
+) -> None:
+    """Check a raw sample's (wanted) members and their CRC-32s against its index row (RecordError)."""
     shard, key = raw["__shard__"], raw["__key__"]
+    expected = {m: c for m, c in zip(members, crc32, strict=True) if wanted is None or wanted(m)}
     present = sorted(k for k in raw if not k.startswith("__"))
-    if present != list(members):
-        missing, extra = sorted(set(members) - set(present)), sorted(set(present) - set(members))
+    if present != sorted(expected):
+        missing, extra = sorted(set(expected) - set(present)), sorted(set(present) - set(expected))
         raise RecordError(shard, key, f"members differ from the index: missing {missing}, unexpected {extra}")
-    for filename, expected in zip(members, crc32, strict=True):
-        if zlib.crc32(raw[filename]) != expected:
+    for filename, crc in expected.items():
+        if zlib.crc32(raw[filename]) != crc:
             raise RecordError(shard, key, f"{filename}: CRC-32 differs from the index (altered data)")
 
 

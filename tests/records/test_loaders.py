@@ -135,3 +135,42 @@ def test_undecodable_member_without_index(five_shards: Path, tmp_path: Path) -> 
     flip_byte(tmp_path / "shard-000000.tar", "000000002.depth.png", at=0.5)
     with pytest.raises(RecordError, match=r"shard-000000\.tar key 000000002: depth\.png: not a valid PNG"):
         list(load_webdataset([str(tmp_path / "shard-000000.tar")], keys=["depth"]))
+
+
+def test_raw_bytes_mode(five_shards: Path) -> None:
+    raw = next(iter(load_webdataset(five_shards, keys=["mesh", "depth"], decode=False)))
+    assert sorted(k for k in raw if not k.startswith("__")) == ["depth.png", "mesh.npy"]
+    assert isinstance(raw["mesh.npy"], bytes) and raw["__key__"] == "000000000"
+
+
+def _damage_header(path: Path, member: str) -> None:
+    """Overwrite the name field of `member`'s tar header (its checksum no longer matches)."""
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        header = tar.getmember(member).offset
+    data = bytearray(path.read_bytes())
+    data[header : header + 4] = b"XXXX"
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("via_pipe", [False, True], ids=["file", "pipe"])
+def test_damaged_header_is_not_taken_for_the_end(five_shards: Path, tmp_path: Path, via_pipe: bool) -> None:
+    """tarfile alone stops silently at a bad header; we report it (seekable file and non-seekable pipe)."""
+    shutil.copy(five_shards / "shard-000001.tar", tmp_path)
+    path = tmp_path / "shard-000001.tar"
+    url = f"pipe:cat {path}" if via_pipe else str(path)
+    assert len(list(load_webdataset([url], keys=["mesh"]))) == 4  # intact: all read, either way
+    _damage_header(path, "000000006.mesh.npy")
+    with pytest.raises(RecordError, match=r"key 000000006: truncated or corrupt tar \(damaged tar header"):
+        list(load_webdataset([url], keys=["mesh"]))
+
+
+def test_truncation_at_a_member_boundary_without_index(five_shards: Path, tmp_path: Path) -> None:
+    import tarfile
+
+    with tarfile.open(five_shards / "shard-000000.tar") as tar:
+        end = tar.getmember("000000002.shaded.png").offset  # header of the next member
+    (tmp_path / "shard-000000.tar").write_bytes((five_shards / "shard-000000.tar").read_bytes()[:end])
+    with pytest.raises(RecordError, match="no end-of-archive marker"):
+        list(load_webdataset([str(tmp_path / "shard-000000.tar")], keys=["au"]))
