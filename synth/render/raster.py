@@ -182,10 +182,13 @@ class TorchRasterizer:
 def resolve_device(device: str) -> torch.device:
     """`RenderConfig.device` -> torch device ("auto": the first CUDA device when available, else CPU)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SynthError(f"render.device={device} but CUDA is not available; set render.device=cpu or auto")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SynthError(f"render.device={device}: CUDA is not available; use render.device=cpu or auto")
+        if dev.index is None:  # an explicit index, so torch and Warp name the same device
+            dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 
