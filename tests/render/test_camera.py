@@ -170,3 +170,35 @@ def test_config_normalises_lists_and_backend_names() -> None:
     cfg = RenderConfig(yaw_deg=[-1, 2], backend="warp")  # type: ignore[arg-type]
     assert cfg.yaw_deg == (-1.0, 2.0) and cfg.backend is RasterBackend.warp
     assert math.isclose(intrinsic_matrix(cfg.image_size, cfg.fov_deg)[0, 2], 256.0)
+
+
+def test_sampling_golden_values() -> None:
+    """Datasets depend on the draw order and the pose math: samples 0 and 1 of run seed 0, default config.
+
+    Regenerate (only on a deliberate, documented change) by printing `R`, `t` and `as_array()` below.
+    """
+    cfg = RenderConfig()
+    cams = sample_cameras(cfg, [numpy_rng(0, i, Stage.CAMERA) for i in range(2)], [0.0, -0.02, 0.06])
+    lights = sample_lights(cfg, [numpy_rng(0, i, Stage.LIGHT) for i in range(2)])
+    r0 = [
+        [0.9981457232046836, -0.05464238436651514, 0.02682023636997307],
+        [0.0298544622555443, 0.05549109909787257, -0.9980127499207325],
+        [0.05304551188961687, 0.9969628617715166, 0.05701952224209184],
+    ]
+    np.testing.assert_allclose(cams.R[0].numpy(), r0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        cams.t.numpy(),
+        [[-0.00944542918410161, 0.05466266838224136, 0.3854679833486782],
+         [0.00967092469366587, 0.07059108134414481, 0.44336774568120974]],
+        rtol=0,
+        atol=1e-12,
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        lights.as_array(),
+        [
+            [0.18063131, -0.32933447, -0.92677456, 0.34191227],
+            [0.549803, -0.22517124, -0.80437213, 0.37420723],
+        ],
+        rtol=0,
+        atol=1e-7,
+    )
