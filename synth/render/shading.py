@@ -3,7 +3,7 @@
 Any backend's `Fragments` go through these kernels (CPU and CUDA). They only gather — vertex normals sum
 their incident faces through a fixed adjacency list instead of scattering with atomics — so the results
 are bit-identical whatever the thread count or GPU scheduling. (A vectorised PyTorch version of the same
-gathers took ~45 ms per 512 px image on 2 CPU threads; these kernels take a few ms.)
+gathers took ~40 ms per 512 px image on 2 busy CPU threads; these kernels take ~4 CPU-ms.)
 """
 
 import torch

@@ -37,12 +37,16 @@ def _edge(ax: float, ay: float, bx: float, by: float, px: float, py: float) -> f
 
 
 @wp.func
-def _canonical_edge(ia: int, a: wp.vec3, ib: int, b: wp.vec3, px: float, py: float) -> float:
-    # Evaluated from the lower vertex id: the two triangles sharing an edge get exactly opposite values,
-    # so a pixel centre on the edge is covered by both (inclusive test) and never by neither.
+def _canonical_edge(ia: int, a: wp.vec3, ib: int, b: wp.vec3) -> wp.vec4:
+    """Edge a->b as (A, B, x0, y0) with value A * (py - y0) - B * (px - x0) at pixel centre (px, py).
+
+    Set up from the lower vertex id and negated (exactly: IEEE rounding is sign-symmetric) for the other
+    direction, so the two triangles sharing an edge get exactly opposite values: a pixel centre on the
+    edge is covered by both (inclusive test) and never by neither.
+    """
     if ia < ib:
-        return _edge(a[0], a[1], b[0], b[1], px, py)
-    return -_edge(b[0], b[1], a[0], a[1], px, py)
+        return wp.vec4(b[0] - a[0], b[1] - a[1], a[0], a[1])
+    return wp.vec4(-(a[0] - b[0]), -(a[1] - b[1]), b[0], b[1])
 
 
 @wp.kernel
@@ -85,14 +89,20 @@ def _raster_kernel(
     iz0 = 1.0 / p0[2]
     iz1 = 1.0 / p1[2]
     iz2 = 1.0 / p2[2]
+    e0 = _canonical_edge(i1, p1, i2, p2)  # opposite corner 0
+    e1 = _canonical_edge(i2, p2, i0, p0)
+    e2 = _canonical_edge(i0, p0, i1, p1)
     fkey = wp.uint64(f)
     for y in range(y_lo, y_hi + 1):
         py = float(y) + 0.5
+        r0 = e0[0] * (py - e0[3])  # row terms of the edge functions
+        r1 = e1[0] * (py - e1[3])
+        r2 = e2[0] * (py - e2[3])
         for x in range(x_lo, x_hi + 1):
             px = float(x) + 0.5
-            w0 = _canonical_edge(i1, p1, i2, p2, px, py)
-            w1 = _canonical_edge(i2, p2, i0, p0, px, py)
-            w2 = _canonical_edge(i0, p0, i1, p1, px, py)
+            w0 = r0 - e0[1] * (px - e0[2])
+            w1 = r1 - e1[1] * (px - e1[2])
+            w2 = r2 - e2[1] * (px - e2[2])
             s = w0 + w1 + w2
             inside = (w0 >= 0.0 and w1 >= 0.0 and w2 >= 0.0 and s > 0.0) or (
                 w0 <= 0.0 and w1 <= 0.0 and w2 <= 0.0 and s < 0.0
