@@ -95,6 +95,29 @@ def write_tar_dataset(root: Path, samples: list[dict], per_shard: int) -> tuple[
     return seconds, size
 
 
+def encode_breakdown(sample: dict, reps: int = 5) -> dict[str, float]:
+    """Milliseconds to encode each member of one sample (single thread), median of `reps`."""
+    cfg = OutputConfig()
+    encoders = {
+        "mesh.npy": lambda: codecs.encode_npy(sample["mesh"]),
+        "latents.npz": lambda: codecs.encode_latents(sample["latents"]),
+        "depth.png": lambda: codecs.encode_depth(sample["depth"], cfg.png_compression),
+        "normal.png": lambda: codecs.encode_normal(sample["normal"], cfg.png_compression),
+        "mask.png": lambda: codecs.mask_to_png1(sample["mask"], cfg.png_compression),
+        "shaded.png": lambda: codecs.gray_to_png8(sample["shaded"], cfg.png_compression),
+        "rgb.jpg": lambda: codecs.rgb_to_jpeg(sample["rgb"][0], cfg.jpeg_quality),
+    }
+    out = {}
+    for name, encode in encoders.items():
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            encode()
+            times.append(time.perf_counter() - t)
+        out[name] = 1000 * float(np.median(times))
+    return out
+
+
 def write_loose_files(root: Path, tar_root: Path) -> None:
     """The same member bytes as the shards, one file per member, one folder per sample."""
     import tarfile
@@ -180,6 +203,7 @@ def main() -> None:
     try:
         samples = [make_sample(i, args.size) for i in range(args.samples)]
         write_s, write_bytes = write_tar_dataset(work / "tar", samples, args.per_shard)
+        breakdown = encode_breakdown(samples[0])
         del samples
         write_loose_files(work / "loose", work / "tar")
         readers = {
@@ -207,6 +231,7 @@ def main() -> None:
         mb = write_bytes / 1e6
         log.info("writer (all members, 1 process): %.1f MB in %.2f s = %.1f MB/s = %.1f samples/s",
                  mb, write_s, mb / write_s, args.samples / write_s)  # fmt: skip
+        log.info("encode ms per member: %s", ", ".join(f"{k} {v:.1f}" for k, v in breakdown.items()))
         for mode, what in (("", "decoded tensors"), ("-raw", "raw bytes, no decoding")):
             for cache in ("warm", "cold"):
                 tar_rate = args.samples / min(results[f"tar{mode}/{cache}"])
