@@ -39,8 +39,8 @@ def project_landmarks(landmarks3d: Tensor, cameras: Cameras, depth: Tensor, tol_
     uvz = cameras.project(landmarks3d.double())  # (B, L, 3)
     u, v, z = uvz.unbind(-1)
     inside = (u >= 0) & (u < width) & (v >= 0) & (v < height) & (z > 0)
-    col = u.floor().clamp(0, width - 1).long()
-    row = v.floor().clamp(0, height - 1).long()
+    col = torch.nan_to_num(u).floor().clamp(0, width - 1).long()  # in range even for points at z = 0
+    row = torch.nan_to_num(v).floor().clamp(0, height - 1).long()
     bidx = torch.arange(b_count, device=depth.device)[:, None].expand_as(col)
     zb = depth[bidx, row.to(depth.device), col.to(depth.device)].to(z.device, torch.float64)  # (B, L)
     visible = inside & ((zb == 0) | (z <= zb + tol_m))
