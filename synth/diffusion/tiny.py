@@ -84,8 +84,10 @@ def make_tiny_pipeline(out_dir: str | os.PathLike, seed: int = 0, overwrite: boo
     try:
         _save_components(tmp, seed)
         if out.exists():
-            # Either `overwrite`, or an empty directory, or another process finished first: replace it.
-            shutil.rmtree(out)
+            if is_tiny_pipeline(out) and not overwrite:  # another process finished first: keep its copy
+                shutil.rmtree(tmp)
+                return out
+            shutil.rmtree(out)  # `overwrite`, or an empty directory
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
