@@ -155,12 +155,13 @@ def test_dpmsolver_without_guidance_sweep_and_resized_maps(tiny_diffusion_dir: P
 
 
 def test_gpu_tuning_keeps_the_images(stage: DiffusionStage) -> None:
-    """SDPA processors and channels-last weights (the CUDA path, minus compile) change rounding only."""
+    """SDPA, fused QKV and channels-last weights (the CUDA path, minus compile) change rounding only."""
     batch = _batch([2, 8])
     ref = stage(batch)["rgb"]
     tuned = DiffusionStage(stage.cfg, RUN_SEED)
     tune_pipeline(tuned.pipe, compile_models=False)
     assert tuned.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert {type(p).__name__ for p in tuned.pipe.unet.attn_processors.values()} == {"FusedAttnProcessor2_0"}
     assert np.abs(tuned(batch)["rgb"].astype(np.int16) - ref).max() <= BATCH_TOLERANCE
 
 
