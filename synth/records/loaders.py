@@ -36,7 +36,7 @@ from torch.utils.data import IterableDataset
 
 from synth.errors import SynthError
 from synth.records.reader import RawSample, RecordError, check_crc, decode_raw, iter_raw_samples, shard_label
-from synth.records.schema import AU_NAMES, MANIFEST, MEMBER_BY_NAME, SPLITS, member_of
+from synth.records.schema import AU_NAMES, MANIFEST, MEMBER_BY_NAME, SPLITS, index_schema, member_of
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,22 @@ class RecordWarning(UserWarning):
 def read_index(
     dataset_dir: str | os.PathLike, columns: Sequence[str] | None = None, filters: Any = None
 ) -> pa.Table:
-    """The dataset's Parquet index (every `index/*.parquet` part) as one table, sorted by `index`.
+    """The dataset's Parquet index as one table, sorted by `index`.
 
-    columns: columns to read (default all, see docs/dataset-format.md); filters: pyarrow `filters`
-    (e.g. `[("split", "=", "train")]`), applied while reading.
+    Reads the index parts the manifest lists (all `index/*.parquet` when there is no manifest yet, e.g.
+    while a run is going). columns: columns to read (default all, see docs/dataset-format.md);
+    filters: pyarrow `filters` (e.g. `[("split", "=", "train")]`), applied while reading.
     """
-    folder = Path(dataset_dir) / "index"
-    if not any(folder.glob("*.parquet")):
-        raise SynthError(f"{folder} holds no index parts; is {dataset_dir} a synth dataset (output.dir)?")
+    root = Path(dataset_dir)
+    manifest = root / MANIFEST
+    if manifest.is_file():
+        parts = [str(root / s["index_part"]) for s in json.loads(manifest.read_text())["shards"]]
+    else:
+        parts = sorted(str(p) for p in (root / "index").glob("*.parquet"))
+    if not parts:
+        raise SynthError(f"{root / 'index'} holds no index parts; is {root} a synth dataset (output.dir)?")
     wanted = None if columns is None else sorted(set(columns) | {"index"})
-    table = pq.read_table(folder, columns=wanted, filters=filters)
+    table = pq.read_table(parts, columns=wanted, filters=filters, schema=index_schema())
     table = table.sort_by("index")
     return table if columns is None else table.select(list(columns))
 

@@ -82,6 +82,10 @@ def validate_dataset(dataset_dir: str | Path, decode: bool = True) -> Report:
     on_disk = {p.name for p in root.glob("shard-*.tar")}
     for name in sorted(on_disk - set(listed)):
         problems.append(Problem("shard on disk but not in the manifest", shard=name))
+    listed_parts = {s["index_part"] for s in manifest["shards"]}
+    for part in sorted(f"index/{p.name}" for p in root.glob("index/*.parquet")):
+        if part not in listed_parts:
+            problems.append(Problem(f"index part {part} is not in the manifest (left from another run?)"))
     total = sum(s["num_samples"] for s in manifest["shards"])
     if total != manifest["num_samples"]:
         problems.append(Problem(f"manifest num_samples {manifest['num_samples']} != sum over shards {total}"))

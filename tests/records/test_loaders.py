@@ -68,9 +68,14 @@ def test_split_filter_via_index_and_via_meta(five_shards: Path, tmp_path: Path) 
     assert {x["__key__"] for x in load_webdataset(pattern, keys=["au"], split="val")} == by_split["val"]
 
 
-def test_read_index_and_select(five_shards: Path) -> None:
+def test_read_index_and_select(five_shards: Path, tmp_path: Path) -> None:
     table = read_index(five_shards)
     assert table.num_rows == 17 and table["index"].to_pylist() == list(range(17))
+    stale = Path(shutil.copytree(five_shards, tmp_path / "stale"))
+    shutil.copy(stale / "index" / "shard-000000.parquet", stale / "index" / "shard-000009.parquet")
+    assert read_index(stale).num_rows == 17  # only the parts the manifest lists
+    (stale / "manifest.json").unlink()
+    assert read_index(stale).num_rows == 21  # no manifest yet: every part
     train = read_index(five_shards, columns=["key", "split"], filters=[("split", "=", "train")])
     assert train.column_names == ["key", "split"] and set(train["split"].to_pylist()) == {"train"}
 

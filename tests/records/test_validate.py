@@ -76,7 +76,9 @@ def test_missing_pieces(dataset: Path, tmp_path: Path) -> None:
     (root / "shard-000002.tar").unlink()
     (root / "faces.npy").write_bytes(b"not numpy")
     shutil.copy(root / "shard-000000.tar", root / "shard-000007.tar")
+    shutil.copy(root / "index" / "shard-000000.parquet", root / "index" / "shard-000007.parquet")
     messages = _messages(root)
+    assert "index part index/shard-000007.parquet is not in the manifest (left from another run?)" in messages
     assert "shard-000002.tar: shard listed in the manifest is missing" in messages
     assert "shard-000007.tar: shard on disk but not in the manifest" in messages
     assert "dataset file faces.npy: sha256 differs from the manifest" in messages
