@@ -49,6 +49,19 @@ def _canonical_edge(ia: int, a: wp.vec3, ib: int, b: wp.vec3) -> wp.vec4:
     return wp.vec4(-(a[0] - b[0]), -(a[1] - b[1]), b[0], b[1])
 
 
+@wp.func
+def _row_span(e: wp.vec4, r: float, o: float, x_a: int, x_b: int) -> wp.vec2i:
+    """Narrow the pixel range [x_a, x_b] of a row to where o * (r - B * (px - x0)) >= 0, widened by one
+    pixel for rounding; edges too close to horizontal (|B| < 0.01) do not narrow."""
+    b = e[1] * o
+    if wp.abs(b) < 0.01:
+        return wp.vec2i(x_a, x_b)
+    bound = e[2] + r / e[1] - 0.5  # the edge crosses the row at pixel index bound
+    if b > 0.0:
+        return wp.vec2i(x_a, wp.min(x_b, int(wp.floor(bound)) + 1))
+    return wp.vec2i(wp.max(x_a, int(wp.ceil(bound)) - 1), x_b)
+
+
 @wp.kernel
 def _project_kernel(
     verts: wp.array2d(dtype=wp.vec3),
@@ -79,7 +92,8 @@ def _raster_kernel(
     p2 = screen[b, i2]
     if p0[2] < near or p1[2] < near or p2[2] < near:
         return
-    if _edge(p0[0], p0[1], p1[0], p1[1], p2[0], p2[1]) == 0.0:
+    area2 = _edge(p0[0], p0[1], p1[0], p1[1], p2[0], p2[1])  # twice the signed area, pixels^2
+    if area2 == 0.0:
         return
     # pixel index i is sampled at i + 0.5: covered indices satisfy lo - 0.5 <= i <= hi - 0.5
     x_lo = wp.max(int(wp.ceil(wp.min(wp.min(p0[0], p1[0]), p2[0]) - 0.5)), 0)
@@ -93,12 +107,24 @@ def _raster_kernel(
     e1 = _canonical_edge(i2, p2, i0, p0)
     e2 = _canonical_edge(i0, p0, i1, p1)
     fkey = wp.uint64(f)
+    # Large triangles test only a span of each row: where the edge functions have the triangle's sign, +1
+    # pixel either side for rounding. The exact test below still decides, so the span only saves work.
+    narrow = wp.abs(area2) > 2.0
+    o = wp.sign(area2)
     for y in range(y_lo, y_hi + 1):
         py = float(y) + 0.5
         r0 = e0[0] * (py - e0[3])  # row terms of the edge functions
         r1 = e1[0] * (py - e1[3])
         r2 = e2[0] * (py - e2[3])
-        for x in range(x_lo, x_hi + 1):
+        x_a = x_lo
+        x_b = x_hi
+        if narrow:
+            span = _row_span(e0, r0, o, x_a, x_b)
+            span = _row_span(e1, r1, o, span[0], span[1])
+            span = _row_span(e2, r2, o, span[0], span[1])
+            x_a = span[0]
+            x_b = span[1]
+        for x in range(x_a, x_b + 1):
             px = float(x) + 0.5
             w0 = r0 - e0[1] * (px - e0[2])
             w1 = r1 - e1[1] * (px - e1[2])
