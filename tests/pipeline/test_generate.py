@@ -191,3 +191,48 @@ def test_a_dataset_grows_in_place_and_refuses_to_shrink(
     ]
     assert _cli(args, monkeypatch, tmp_path) == 2
     assert "cannot shrink" in capsys.readouterr().err
+
+
+def test_gpu_layout_diffusion_actor_pool_writes_the_same_shards(
+    tiny_model_dir: Path, tmp_path: Path, ray_session: None
+) -> None:
+    """The cluster layout (geometry tasks -> one packed row per shard -> diffusion actors -> write), forced
+    on CPU, gives the in-process loop's bytes; RGB within a float tolerance (DESIGN: "diffusion: same
+    seeds, fp tolerance" — the actor runs torch with another thread count)."""
+    from synth.pipeline.plan import shard_units
+    from synth.pipeline.ray_exec import run_ray
+    from synth.pipeline.run import prepare
+    from synth.records import codecs
+
+    extra = ("num_samples=8", "diffusion=tiny", "diffusion.steps=2", "preview_samples=0")
+    local = compose_config(
+        "generate", _overrides(tiny_model_dir, tmp_path / "local", *extra, "runtime.executor=local")
+    )
+    generate(local)
+    spec, resuming = prepare(
+        compose_config("generate", _overrides(tiny_model_dir, tmp_path / "pool", *extra))
+    )
+    assert not resuming
+    results = []
+    run_ray(spec, shard_units(8, 4), results.append, diffusion_pool=True)
+    assert sorted(r.shard_id for r in results) == [0, 1] and all("diffusion" in r.seconds for r in results)
+    pool, ref = _members(tmp_path / "pool"), _members(tmp_path / "local")
+    assert sorted(pool) == sorted(ref) and len(pool) == 8 * 12
+    for name, data in ref.items():
+        if name.endswith(".jpg"):
+            diff = np.abs(codecs.jpeg_to_rgb(pool[name]).astype(int) - codecs.jpeg_to_rgb(data).astype(int))
+            assert diff.max() <= 8 and diff.mean() < 0.5, name
+        else:
+            assert pool[name] == data, name
+
+
+def _members(root: Path) -> dict[str, bytes]:
+    """Every tar member of a dataset's shards by name (key.member)."""
+    import tarfile
+
+    found: dict[str, bytes] = {}
+    for shard in sorted(root.glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                found[member.name] = tar.extractfile(member).read()
+    return found
