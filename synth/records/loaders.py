@@ -333,10 +333,6 @@ class SynthWebDataset(wds.DataPipeline):
         super().__init__(shard_list, *stages)
         self._shard_list, self._shuffler = shard_list, shuffler
 
-    @property
-    def urls(self) -> list[str]:
-        return list(self._shard_list.urls)
-
     def set_epoch(self, epoch: int) -> None:
         self._shard_list.epoch = epoch
         if self._shuffler is not None:
@@ -369,10 +365,11 @@ def load_webdataset(
     decode: False yields the members' raw bytes ({"mesh.npy": b"...", ...}, for custom or GPU decoding);
         the CRC checks against the index still apply.
 
-    Each yielded sample is a dict: "__key__", "__url__", and per member a tensor with the member table's
-    dtype and shape (depth (H, W) float32 metres, normal (H, W, 3) float32, mask (H, W) bool, canny /
-    shaded (H, W) uint8, rgb (K, S, S, 3) uint8, mesh (N, 3), au (A,), lmk2d / lmk3d (L, 3)), "latents"
-    as {z_id, z_ex, w_id, w_ex} tensors and "meta" as the meta.json dict. Batch with `collate`.
+    Each yielded sample is a dict: "__key__", "__shard__" (file name), "__url__", and per member a tensor
+    with the member table's dtype and shape (depth (H, W) float32 metres, normal (H, W, 3) float32, mask
+    (H, W) bool, canny / shaded (H, W) uint8, rgb (K, S, S, 3) uint8, mesh (N, 3), au (A,), lmk2d / lmk3d
+    (L, 3)), "latents" as {z_id, z_ex, w_id, w_ex} tensors and "meta" as the meta.json dict. Batch with
+    `collate`.
     """
     if on_error not in ON_ERROR:
         raise SynthError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")

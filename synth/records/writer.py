@@ -113,9 +113,6 @@ class _HashingWriter:
         self.size += len(data)
         return self._f.write(data)
 
-    def tell(self) -> int:
-        return self.size
-
 
 def jsonable(obj: Any) -> Any:
     """`obj` with numpy arrays / scalars and tuples turned into plain JSON types (dict keys as str)."""
