@@ -2,10 +2,11 @@
 
 Three launches per batch:
 1. `_project_kernel` (B, N): vertices -> (u, v, z) pixel coordinates and camera depth.
-2. `_raster_kernel` (B, F): each triangle walks the pixel centres of its clamped bounding box and
-   `atomic_min`s a 64-bit key `(quantised depth << 24) | face id` into the pixel. The minimum key is the
-   nearest surface, and for equal quantised depths the lowest face id, whatever order threads run in:
-   the z-buffer is deterministic by construction (the CPU build runs serially; CUDA uses atomicMin).
+2. `_raster_kernel` (B, F): each triangle walks the pixel centres of its clamped bounding box (per row,
+   only the span its edges allow, for triangles larger than a pixel) and `atomic_min`s a 64-bit key
+   `(quantised depth << 24) | face id` into the pixel. The minimum key is the nearest surface, and for
+   equal quantised depths the lowest face id, whatever order threads run in: the z-buffer is
+   deterministic by construction (the CPU build runs serially; CUDA uses atomicMin).
 3. `_resolve_kernel` (B, H, W): intersects the pixel-centre ray with the winning triangle in 3D, in
    float64, and writes the face id, perspective-correct barycentrics and depth (unquantised).
 
