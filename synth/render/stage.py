@@ -6,6 +6,7 @@ import torch
 from synth.render.camera import sample_cameras, sample_lights
 from synth.render.config import RenderConfig
 from synth.render.maps import render_maps
+from synth.render.raster import get_rasterizer, resolve_device
 from synth.seeding import Stage, numpy_rng
 
 
@@ -35,6 +36,8 @@ class RenderStage:
             raise ValueError(f"faces must be an (F, 3) integer array, got {faces.dtype} {faces.shape}")
         if run_seed < 0:
             raise ValueError(f"run_seed={run_seed} must be >= 0")
+        # fail at construction, not mid-run, on an unusable backend or device (SynthError says how to fix)
+        get_rasterizer(cfg.backend, resolve_device(cfg.device))
         self.cfg = cfg
         self.faces = torch.from_numpy(faces.astype(np.int64))
         self.run_seed = int(run_seed)

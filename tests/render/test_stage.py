@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from synth.errors import SynthError
 from synth.render.camera import sample_cameras, sample_lights
-from synth.render.config import RenderConfig
+from synth.render.config import RasterBackend, RenderConfig
+from synth.render.raster import pytorch3d_available
 from synth.render.stage import RenderStage, face_centers
 from synth.seeding import Stage, numpy_rng
 
@@ -97,3 +99,6 @@ def test_bad_batches_and_arguments_raise(anny_head, stage, batch) -> None:
         RenderStage(RenderConfig(), np.zeros((3, 4), np.int64), 0)
     with pytest.raises(ValueError, match="run_seed"):
         RenderStage(RenderConfig(), anny_head[1], -1)
+    if not pytorch3d_available():
+        with pytest.raises(SynthError, match=r"render\.backend=pytorch3d"):
+            RenderStage(RenderConfig(backend=RasterBackend.pytorch3d), anny_head[1], 0)
