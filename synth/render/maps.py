@@ -77,7 +77,7 @@ def render_maps(
     # 1. world -> camera frame (float64 math, float32 result)
     cameras = cameras.to(device)
     faces = faces.to(device, torch.int64)
-    verts_cam = cameras.world_to_camera(vertices.to(device, torch.float32))  # (B, N, 3)
+    verts_cam = cameras.world_to_camera(vertices.to(device)).float()  # (B, N, 3)
     # 2. rasterize: nearest face, perspective-correct barycentrics and depth at each pixel centre
     frags = rasterizer.rasterize(verts_cam, faces, cameras.intrinsics(), cameras.height, cameras.width)
     # 3. normals, shading, edges
