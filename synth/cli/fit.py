@@ -67,7 +67,10 @@ def _task(config: FitConfig, raw: DictConfig) -> int:
             raise SynthError("task=reconstruction draws held-out infants from the model's Anny prior; "
                              f"this model was built from source={recipe.source.value}")  # fmt: skip
         recipe.report_held_out = config.held_out or recipe.report_held_out
-        held_out = held_out_tensor(recipe, progress=True)
+        held_out = analysis.subset_expressions(
+            held_out_tensor(recipe, progress=True), config.expressions_per_identity,
+            np.random.default_rng(config.seed),
+        )  # fmt: skip
         regions = face_regions(
             model.mean_shape.cpu().numpy(), model.faces.cpu().numpy(), load_anny_head_landmarks()
         )

@@ -62,6 +62,24 @@ def training_tensor(model: FaceModel) -> FaceTensor:
     )
 
 
+def subset_expressions(tensor: FaceTensor, k: int, generator: np.random.Generator) -> FaceTensor:
+    """The neutral plus k - 1 random other expressions of `tensor` (all when k <= 0 or k >= n_ex)."""
+    neutral = tensor.expression_names.index("neutral")
+    if k <= 0 or k >= tensor.n_expressions:
+        return tensor
+    others = [e for e in range(tensor.n_expressions) if e != neutral]
+    keep = [neutral, *sorted(generator.choice(others, size=k - 1, replace=False).tolist())]
+    return FaceTensor(
+        vertices=tensor.vertices[:, keep],
+        faces=tensor.faces,
+        expression_names=[tensor.expression_names[e] for e in keep],
+        au_names=tensor.au_names,
+        expression_aus=tensor.expression_aus[keep],
+        identity_ids=tensor.identity_ids,
+        source=tensor.source,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------
 # 3D reconstruction and neutralisation of held-out infants
 # ----------------------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ class FitConfig:
     for task=files. out: output directory. fit: the fit's weights, prior, alignment and schedule.
     neutralise: also write each input's neutralised mesh. batch_size: meshes per batched fit.
     device: torch device ("cpu", "cuda"). held_out: held-out base identities for task=reconstruction
-    (None: the model's `report_held_out`). baseline_meshes / baseline_variance: the PCA baseline's
-    training meshes and kept variance. keypoint_samples: held-out samples for task=keypoints.
+    (None: the model's `report_held_out`); expressions_per_identity: fit the neutral plus this many - 1
+    random expressions of each held-out infant (0: all). baseline_meshes / baseline_variance: the PCA
+    baseline's training meshes and kept variance. keypoint_samples: held-out samples for task=keypoints.
     seed: seed of the held-out samples and of the baseline's random expressions.
     """
 
@@ -39,6 +40,7 @@ class FitConfig:
     batch_size: int = 16
     device: str = "cpu"
     held_out: int | None = None
+    expressions_per_identity: int = 0
     baseline_meshes: TrainingMeshes = TrainingMeshes.RANDOM
     baseline_variance: float = 0.99
     keypoint_samples: int = 20
@@ -51,6 +53,10 @@ class FitConfig:
             raise ValueError(f"batch_size={self.batch_size} must be in [1, 4096]")
         if self.held_out is not None and not 1 <= self.held_out <= 1000:
             raise ValueError(f"held_out={self.held_out} must be in [1, 1000]")
+        if self.expressions_per_identity < 0:
+            raise ValueError(
+                f"expressions_per_identity={self.expressions_per_identity} must be >= 0 (0: all)"
+            )
         if not 0.0 < self.baseline_variance <= 1.0:
             raise ValueError(f"baseline_variance={self.baseline_variance} must be in (0, 1]")
         if not 1 <= self.keypoint_samples <= 100_000:
