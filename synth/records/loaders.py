@@ -183,9 +183,12 @@ class _Wanted:
 
     def __init__(self, members: frozenset[str] | None) -> None:
         self.members = members
+        self._seen: dict[str, bool] = {}  # filenames repeat in every sample
 
     def __call__(self, filename: str) -> bool:
-        return self.members is None or _member_name(filename) in self.members
+        if filename not in self._seen:
+            self._seen[filename] = self.members is None or _member_name(filename) in self.members
+        return self._seen[filename]
 
 
 class _ReadShards(wds.PipelineStage):
@@ -213,7 +216,7 @@ class _ReadShards(wds.PipelineStage):
         part = _index_part_of(url)
         if part is None:
             return None
-        table = pq.read_table(part, columns=["key", "split", "members", "crc32"])
+        table = pq.ParquetFile(part).read(columns=["key", "split", "members", "crc32"])
         expected = {}
         for key, split, members, crc in zip(*(table[c].to_pylist() for c in table.column_names), strict=True):
             if (self.split is None or split in self.split) and (self.keys is None or key in self.keys):

@@ -56,39 +56,133 @@ def iter_raw_samples(
     key being read when the tar is truncated or corrupt, including a damaged header, which `tarfile`
     alone takes for the end of the archive.
     """
-    seekable = _seekable(stream)
     current: RawSample | None = None
     last_key: str | None = None
     try:
-        with tarfile.open(fileobj=stream, mode="r:" if seekable else "r|") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                key, dot, filename = info.name.partition(".")
-                if not dot or len(key) != KEY_DIGITS or not key.isdigit():
-                    raise RecordError(shard, last_key, f"tar member {info.name!r} is not <key>.<member>")
-                last_key = key
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__shard__": shard}
-                if filename in current:
-                    raise RecordError(shard, key, f"member {filename} appears twice")
-                if wanted is not None and not wanted(filename):
-                    continue
-                extracted = tar.extractfile(info)
-                assert extracted is not None  # regular file
-                current[filename] = extracted.read()
-            # What follows the last member must be the end-of-archive zero blocks.
-            rest = _rest(stream, tar, seekable)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+        for name, data in _members(stream, wanted):
+            key, dot, filename = name.partition(".")
+            if not dot or len(key) != KEY_DIGITS or not key.isdigit():
+                raise RecordError(shard, last_key, f"tar member {name!r} is not <key>.<member>")
+            last_key = key
+            if current is not None and current["__key__"] != key:
+                yield current
+                current = None
+            if current is None:
+                current = {"__key__": key, "__shard__": shard}
+            if filename in current:
+                raise RecordError(shard, key, f"member {filename} appears twice")
+            if data is not None:
+                current[filename] = data
+    except (_Corrupt, tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise RecordError(shard, last_key, f"truncated or corrupt tar ({err})") from None
-    if rest.strip(b"\0") or len(rest) < (2 if seekable else 1) * tarfile.BLOCKSIZE:
-        problem = "damaged tar header" if rest.strip(b"\0") else "no end-of-archive marker"
-        raise RecordError(shard, last_key, f"truncated or corrupt tar ({problem} after this key)")
     if current is not None:
         yield current
+
+
+class _Corrupt(Exception):
+    """Damage found while reading a tar (the caller adds shard and key)."""
+
+
+class _Unsupported(Exception):
+    """A tar header the fast reader leaves to `tarfile` (pax / GNU extensions, links, ...)."""
+
+
+def _members(stream: IO[bytes], wanted: Callable[[str], bool] | None) -> Iterator[tuple[str, bytes | None]]:
+    """(name, bytes or None when not wanted) of every regular member, in order; then checks the end."""
+    if not _seekable(stream):
+        yield from _tarfile_members(stream, wanted, seekable=False)
+        return
+    done = 0
+    try:
+        for item in _ustar_members(stream, wanted):
+            yield item
+            done += 1
+        return
+    except _Unsupported:
+        stream.seek(0)
+    for i, item in enumerate(_tarfile_members(stream, wanted, seekable=True)):
+        if i >= done:
+            yield item
+
+
+def _ustar_members(
+    stream: IO[bytes], wanted: Callable[[str], bool] | None
+) -> Iterator[tuple[str, bytes | None]]:
+    """Plain ustar / GNU regular-file headers of a seekable tar, parsed directly.
+
+    Hand-written because `tarfile` spends ~80 us of Python per header (~1 ms per 12-member sample,
+    measured in benchmarks/bench_records.py) where this needs a few; anything beyond plain file and
+    directory headers raises _Unsupported and the caller falls back to `tarfile`.
+    """
+    block = tarfile.BLOCKSIZE
+    pos = stream.tell()
+    while True:
+        header = stream.read(block)
+        if len(header) < block:
+            raise _Corrupt("no end-of-archive marker" if not header else "truncated header")
+        if not header.strip(b"\0"):
+            rest = header + stream.read(1 << 16)
+            if rest.strip(b"\0"):
+                raise _Corrupt("damaged tar header after this key")
+            if len(rest) < 2 * block:
+                raise _Corrupt("no end-of-archive marker")
+            return
+        stored = header[148:156].split(b"\0", 1)[0].strip()
+        unsigned = sum(header) - sum(header[148:156]) + 8 * 0x20
+        try:
+            checksum_ok = int(stored or b"-1", 8) == unsigned
+        except ValueError:
+            checksum_ok = False
+        if not checksum_ok:
+            raise _Corrupt("damaged tar header after this key")
+        typeflag = header[156:157]
+        size_field = header[124:136]
+        if typeflag not in (b"0", b"\0", b"5") or size_field[0] & 0x80 or header[257:262] != b"ustar":
+            raise _Unsupported
+        size = int(size_field.split(b"\0", 1)[0].strip() or b"0", 8)
+        name = header[:100].split(b"\0", 1)[0]
+        prefix = header[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+        padded = (size + block - 1) // block * block
+        data_pos = pos + block
+        pos = data_pos + padded
+        if typeflag == b"5":
+            stream.seek(pos)
+            continue
+        filename = name.decode("utf-8")
+        if wanted is None or wanted(filename.partition(".")[2]):
+            data = stream.read(size)
+            if len(data) < size:
+                raise _Corrupt("unexpected end of data")
+            stream.seek(pos)
+            yield filename, data
+        else:
+            stream.seek(pos)
+            yield filename, None
+
+
+def _tarfile_members(
+    stream: IO[bytes], wanted: Callable[[str], bool] | None, seekable: bool
+) -> Iterator[tuple[str, bytes | None]]:
+    """Members through `tarfile` (any tar format; streams that cannot seek)."""
+    with tarfile.open(fileobj=stream, mode="r:" if seekable else "r|") as tar:
+        for info in tar:
+            if not info.isreg():
+                continue
+            if wanted is not None and not wanted(info.name.partition(".")[2]):
+                yield info.name, None
+                continue
+            extracted = tar.extractfile(info)
+            assert extracted is not None  # regular file
+            yield info.name, extracted.read()
+        # What follows the last member must be the end-of-archive zero blocks: tarfile takes a damaged
+        # header for the end of the archive.
+        rest = _rest(stream, tar, seekable)
+    if rest.strip(b"\0"):
+        raise _Corrupt("damaged tar header after this key")
+    if len(rest) < (2 if seekable else 1) * tarfile.BLOCKSIZE:
+        raise _Corrupt("no end-of-archive marker")
 
 
 def _seekable(stream: IO[bytes]) -> bool:
