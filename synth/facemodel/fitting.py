@@ -27,6 +27,7 @@ from torch import Tensor
 
 from synth.atomic import atomic_write_bytes
 from synth.errors import SynthError
+from synth.facemodel.bilinear import bilinear_decode
 from synth.facemodel.metrics import MM_PER_M, per_vertex_error
 from synth.facemodel.model import FaceModel
 from synth.render.camera import Cameras
@@ -146,8 +147,13 @@ def fit_model_from_face_model(model: FaceModel) -> FitModel:
             to_w=flow.to_w, to_z=flow.to_z, nll_w=lambda w: -flow.log_prob(w), w_train=w_train, w_init=w_init
         )
 
+    def decode(w_id: Tensor, w_ex: Tensor) -> Tensor:
+        # Unblocked: `FaceModel.decode` pads every batch to 64 rows for batch-independent bytes, which a
+        # fit does not need and would pay for at every one of its hundreds of evaluations.
+        return bilinear_decode(model.core, model.mean, w_id, w_ex)
+
     return FitModel(
-        decode=model.decode,
+        decode=decode,
         identity=factor(model.flow_id, model.identity_coefficients, model.identity_coefficients.mean(0)),
         expression=factor(model.flow_ex, model.expression_coefficients, model.neutral_w_ex),
         mean_shape=model.mean_shape,
