@@ -114,8 +114,8 @@ their nominal AU set. Two ways to label a mesh, both in `synth.facemodel`:
   matrix products and a 46 x 46 NNLS per sample.
 - **Spectral SVM detector** (`au_detector`, the paper's section 4.2 after Derkach et al.): spectral
   features of patches around the 19 central landmarks (graph Laplacian, eq. 3; tau = 50 lowest
-  eigenvectors; projection, eq. 4) and one RBF SVM per AU (scikit-learn's LIBSVM). Works from the mesh
-  alone (the paper uses it on scans of unknown expression).
+  eigenvectors; projection, eq. 4) and one linear-kernel SVM per AU (scikit-learn's LIBSVM). Works
+  from the mesh alone (the paper uses it on scans of unknown expression).
 
 Evaluation: Anny infants from the default prior; the SVMs train on {train} identities, both methods are
 scored on {test} held-out identities (disjoint seed stream), on the catalogue's 76 expressions and on

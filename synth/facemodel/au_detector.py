@@ -9,9 +9,11 @@ eigen-decomposed once per topology; Phi_k holds the eigenvectors of the tau = 50
 A mesh's patch coordinates v_k (n_k, 3), centred on the patch mean, project to Omega_k = Phi_k^T v_k
 (tau, 3) (eq. 4); the feature vector of a mesh is all 19 Omega_k, flattened (19 * tau * 3).
 
-Classifiers: one binary `sklearn.svm.SVC` (LIBSVM, RBF kernel, balanced class weights) per AU on the
-standardised features, as the paper's 46 LIBSVM classifiers; an AU with a single class in the training
-set predicts that class.
+Classifiers: one binary `sklearn.svm.SVC` (LIBSVM, balanced class weights) per AU on the standardised
+features, as the paper's 46 LIBSVM classifiers; an AU with a single class in the training set predicts
+that class. The paper does not name the kernel; we use a linear one: the features are linear in the
+vertices and an expression adds a near-linear deformation, while identity differences dominate RBF
+distances (on 5 training / 2 held-out infants: macro F1 0.77 linear vs 0.24 RBF).
 """
 
 import logging
@@ -114,9 +116,13 @@ def spectral_features(vertices: np.ndarray, patches: SpectralPatches) -> np.ndar
 
 
 class AuDetector:
-    """One RBF SVM per AU on standardised spectral features (the paper's 46 LIBSVM classifiers)."""
+    """One SVM per AU on standardised spectral features (the paper's 46 LIBSVM classifiers).
 
-    def __init__(self, c: float = 10.0, gamma: str | float = "scale") -> None:
+    kernel, c, gamma: `sklearn.svm.SVC` settings (default: linear kernel, C = 1).
+    """
+
+    def __init__(self, kernel: str = "linear", c: float = 1.0, gamma: str | float = "scale") -> None:
+        self.kernel = kernel
         self.c = c
         self.gamma = gamma
         self.scaler = StandardScaler()
@@ -131,7 +137,9 @@ class AuDetector:
             if y.all() or not y.any():
                 self.models.append(bool(y[0]))  # one class only: predict it
                 continue
-            self.models.append(SVC(C=self.c, gamma=self.gamma, class_weight="balanced").fit(x, y))
+            self.models.append(
+                SVC(kernel=self.kernel, C=self.c, gamma=self.gamma, class_weight="balanced").fit(x, y)
+            )
         return self
 
     def predict(self, features: np.ndarray) -> np.ndarray:
