@@ -12,8 +12,8 @@ The dataset is the list of missing shards (one row per shard, one block per row)
 - diffusion on, no GPU: like diffusion off, each CPU task also runs the diffusion stage on its shard
   (a separate CPU actor pool would only serialise the work).
 
-CPU workers are Ray tasks; each worker process keeps its loaded stages in `_PIPELINES` (keyed by the run
-fingerprint), so the model loads once per process, not once per shard. `ray.init` starts an embedded
+CPU workers are Ray tasks; each worker process keeps its loaded stages in `_PIPELINES` (keyed by the
+worker spec), so the model loads once per process, not once per shard. `ray.init` starts an embedded
 local Ray with the machine's CPUs and an explicit object store size unless `runtime.address` or
 $RAY_ADDRESS names a cluster.
 """
@@ -134,7 +134,7 @@ def init_ray(spec: WorkerSpec) -> bool:
         log.info("joined the Ray cluster at %s: %s", address, ray.cluster_resources())
     else:
         ray.init(
-            num_cpus=os.cpu_count(),
+            num_cpus=len(os.sched_getaffinity(0)),  # the CPUs this process may use (containers, taskset)
             object_store_memory=runtime.object_store_mb * 2**20,
             include_dashboard=False,
             log_to_driver=True,
