@@ -171,6 +171,19 @@ class FaceModel:
         """w_id (B, I), w_ex (B, E) -> vertices (B, N, 3) metres (eq. 9)."""
         return bilinear.bilinear_decode(self.core, self.mean, w_id.to(self.core), w_ex.to(self.core), BLOCK)
 
+    def landmarks(self, vertices: Tensor) -> Tensor:
+        """The 23 BabyFlow landmarks (B, 23, 3) of meshes (B, N, 3) of this model's topology (see
+        `synth.facemodel.landmarks`); SynthError when the topology has no landmark definition."""
+        from synth.facemodel.landmarks import landmarks, load_anny_head_landmarks
+
+        definition = load_anny_head_landmarks()
+        faces = self.faces.detach().cpu().numpy()
+        try:
+            definition.check_topology(faces)
+        except ValueError as err:
+            raise SynthError(f"face model: {err}") from None
+        return landmarks(vertices, faces, definition)
+
     def from_latent(self, z_id: Tensor, z_ex: Tensor) -> tuple[Tensor, Tensor]:
         """z_id (B, D_id), z_ex (B, D_ex) -> w_id (B, I), w_ex (B, E) through the inverse flows."""
         with torch.no_grad():

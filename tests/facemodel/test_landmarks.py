@@ -93,3 +93,30 @@ def test_landmarks_move_rigidly(rotvec, shift) -> None:
     out = landmarks(batch, faces, d)
     assert out.shape == (2, 23, 3) and out.dtype == torch.float32
     np.testing.assert_allclose(out[1].numpy(), expected, atol=1e-5)
+
+
+def test_face_model_exposes_landmarks() -> None:
+    from synth.errors import SynthError
+    from synth.facemodel.build import model_from_tensor
+    from synth.facemodel.tensor import FaceTensor
+    from tests.facemodel._facemodels import synthetic_config, synthetic_model
+
+    verts, faces = template()
+    rng = np.random.default_rng(0)
+    tensor = FaceTensor(
+        vertices=(verts + rng.normal(size=(3, 2, *verts.shape)) * 1e-3).astype(np.float32),
+        faces=faces,
+        expression_names=["neutral", "smile"],
+        au_names=["AU12"],
+        expression_aus=np.array([[0.0], [1.0]], np.float32),
+        identity_ids=["a", "b", "c"],
+    )
+    model = model_from_tensor(tensor, synthetic_config(epochs=1))
+    meshes = model.decode(model.identity_coefficients[:2], model.expression_coefficients[[0, 1]])
+    out = model.landmarks(meshes)
+    assert out.shape == (2, 23, 3)
+    expected = landmarks(meshes.numpy(), faces, load_anny_head_landmarks())
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
+    with pytest.raises(SynthError, match="triangulation"):
+        small = synthetic_model(epochs=1)
+        small.landmarks(small.decode(small.identity_coefficients[:1], small.expression_coefficients[:1]))
