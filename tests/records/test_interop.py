@@ -11,12 +11,16 @@ from tests.records.conftest import make_sample
 
 @pytest.fixture(scope="module")
 def ray_session():
+    """A small embedded Ray, or the one another test module already started (left running for it)."""
     import ray  # imported here: a module-level import would start Ray's import cost for every test run
 
-    ray.init(num_cpus=1, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=1, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 def test_ray_data_reads_shards_and_index(dataset: Path, ray_session) -> None:
