@@ -77,3 +77,14 @@ def test_detector_trains_and_beats_chance_on_a_tiny_set(patches) -> None:
     # NNLS with the identity's own bases is near-perfect on the catalogue (up to unidentifiable AUs)
     assert np.nanmean(ev.tables["nnls", "catalogue"][:, 2]) > 0.8
     assert ev.intensity_mae.shape == (46,) and np.nanmean(ev.intensity_mae) < 0.15
+
+
+def test_au_evaluate_command_writes_the_report(tmp_path) -> None:
+    from synth.cli import main
+
+    out = tmp_path / "au.md"
+    args = ["au", "evaluate", "--train", "1", "--test", "1", "--mixtures", "2", "--patch-size", "60"]
+    assert main([*args, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "### Catalogue expressions" in text and "### Random mixtures" in text and "| AU12_L |" in text
+    assert main(["au", "evaluate", "--threshold", "2", "--out", str(out)]) == 2

@@ -112,3 +112,14 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="adult_age_years"):
         TransferConfig(adult_age_years=(1.0, 5.0))
     assert TransferConfig(topology="anny").topology is SourceTopology.anny
+
+
+def test_transfer_validate_command_writes_the_report(tmp_path) -> None:
+    from synth.cli import main
+
+    out = tmp_path / "transfer.md"
+    args = ["transfer", "validate", "--infants", "1", "--kappa", "1", "--expressions", "jaw_drop"]
+    assert main([*args, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| jaw_drop |" in text and "synth transfer validate --infants 1" in text
+    assert main(["transfer", "validate", "--infants", "0", "--out", str(out)]) == 2
