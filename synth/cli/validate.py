@@ -21,10 +21,15 @@ def main() -> int:
         "--quick", action="store_true", help="check files, checksums and CRCs only; no decoding"
     )
     parser.add_argument("--max-problems", type=int, default=50, help="problems to list (default 50; 0 = all)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="processes checking shards in parallel (default 1)"
+    )
     args = parser.parse_args()
     if not args.dir.is_dir():
         raise SynthError(f"dataset directory {args.dir} does not exist; pass the output.dir of a synth run")
-    report = validate_dataset(args.dir, decode=not args.quick)
+    if args.jobs < 1:
+        raise SynthError(f"--jobs must be >= 1, got {args.jobs}")
+    report = validate_dataset(args.dir, decode=not args.quick, jobs=args.jobs)
     shown = report.problems if args.max_problems <= 0 else report.problems[: args.max_problems]
     for problem in shown:
         sys.stdout.write(f"{problem}\n")

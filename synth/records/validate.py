@@ -8,6 +8,7 @@ topology's, images as large as the camera says, meta.json valid and consistent w
 Problems are collected (not raised) and each names the shard and key where it applies.
 """
 
+import concurrent.futures
 import json
 import logging
 from dataclasses import dataclass
@@ -67,8 +68,14 @@ class Report:
         return not self.problems
 
 
-def validate_dataset(dataset_dir: str | Path, decode: bool = True) -> Report:
-    """Validate the dataset in `dataset_dir`; `decode=False` checks files and checksums only (fast)."""
+def validate_dataset(dataset_dir: str | Path, decode: bool = True, jobs: int = 1) -> Report:
+    """Validate the dataset in `dataset_dir`.
+
+    decode: False checks files, checksums and CRCs only (fast). jobs: processes checking shards in
+    parallel (problems are reported in shard order whatever the number).
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     root = Path(dataset_dir)
     report = Report(problems=[])
     problems = report.problems
@@ -90,18 +97,39 @@ def validate_dataset(dataset_dir: str | Path, decode: bool = True) -> Report:
     if total != manifest["num_samples"]:
         problems.append(Problem(f"manifest num_samples {manifest['num_samples']} != sum over shards {total}"))
 
-    seen_keys: set[str] = set()
-    for entry in manifest["shards"]:
-        report.num_shards += 1
-        rows = _check_shard_files(root, entry, problems)
-        if rows is None:
-            continue
-        for key in rows:
-            if key in seen_keys:
-                problems.append(Problem("key appears in more than one shard", shard=entry["name"], key=key))
-            seen_keys.add(key)
-        report.num_samples += _check_samples(root, entry, rows, manifest, dims, decode, problems)
+    tasks = [(root, entry, manifest, dims, decode) for entry in manifest["shards"]]
+    if jobs == 1:
+        results = map(_check_shard, tasks)
+    else:
+        pool = concurrent.futures.ProcessPoolExecutor(jobs)
+        results = pool.map(_check_shard, tasks)
+    try:
+        seen_keys: set[str] = set()
+        for entry, (shard_problems, keys, num_samples) in zip(manifest["shards"], results, strict=True):
+            report.num_shards += 1
+            problems.extend(shard_problems)
+            for key in keys:
+                if key in seen_keys:
+                    problems.append(
+                        Problem("key appears in more than one shard", shard=entry["name"], key=key)
+                    )
+                seen_keys.add(key)
+            report.num_samples += num_samples
+    finally:
+        if jobs > 1:
+            pool.shutdown()
     return report
+
+
+def _check_shard(task: tuple[Path, dict, dict, dict[str, int], bool]) -> tuple[list[Problem], list[str], int]:
+    """Check one shard (files, then samples): (problems, index keys, samples read). Runs in a worker."""
+    root, entry, manifest, dims, decode = task
+    problems: list[Problem] = []
+    rows = _check_shard_files(root, entry, problems)
+    if rows is None:
+        return problems, [], 0
+    num_samples = _check_samples(root, entry, rows, manifest, dims, decode, problems)
+    return problems, list(rows), num_samples
 
 
 def _load_manifest(root: Path, problems: list[Problem]) -> dict[str, Any] | None:

@@ -49,6 +49,16 @@ def test_altered_member_is_named_by_shard_and_key(dataset: Path, tmp_path: Path,
     assert "key 000000006" in capsys.readouterr().out
 
 
+def test_parallel_validation_reports_the_same(dataset: Path, tmp_path: Path) -> None:
+    root = _copy(dataset, tmp_path)
+    flip_byte(root / "shard-000001.tar", "000000006.depth.png")
+    (root / "shard-000002.tar").unlink()
+    serial = validate_dataset(root)
+    parallel = validate_dataset(root, jobs=2)
+    assert parallel.problems == serial.problems and len(serial.problems) >= 3
+    assert (parallel.num_shards, parallel.num_samples) == (serial.num_shards, serial.num_samples) == (3, 8)
+
+
 def test_truncated_shard_is_named_by_shard_and_key(dataset: Path, tmp_path: Path) -> None:
     root = _copy(dataset, tmp_path)
     offset, _ = _member_offset(root / "shard-000002.tar", "000000009.depth.png")
