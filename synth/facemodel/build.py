@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -82,6 +83,7 @@ def build_model(config: ModelConfig, out_dir: str | Path | None = None, progress
             from synth.facemodel.report import write_report
 
             write_report(model, held_out, tmp)
+        _make_readable(tmp)
         try:
             os.replace(tmp, target)  # atomic; replaces an empty directory
         except OSError:
@@ -126,12 +128,10 @@ def model_from_tensor(tensor: FaceTensor, config: ModelConfig, progress: bool = 
 
     # 3. flows on the training coefficients (eq. 10-19), each from its own seeded stream
     t = time.perf_counter()
-    flow_id, hist_id = train_flow(
-        h.w_id, config.flow, torch_generator(config.seed, 0, Stage.BUILD, 1), progress, "identity flow"
-    )
-    flow_ex, hist_ex = train_flow(
-        h.w_ex, config.flow, torch_generator(config.seed, 0, Stage.BUILD, 2), progress, "expression flow"
-    )
+    gen_id, gen_ex = (torch_generator(config.seed, 0, Stage.BUILD, k) for k in (1, 2))
+    groups_id, groups_ex = _groups(tensor.identity_ids), _groups(tensor.expression_names)
+    flow_id, hist_id = train_flow(h.w_id, config.flow, gen_id, progress, "identity flow", groups_id)
+    flow_ex, hist_ex = train_flow(h.w_ex, config.flow, gen_ex, progress, "expression flow", groups_ex)
     flows_s = time.perf_counter() - t
 
     # 4. the model
@@ -218,6 +218,24 @@ def select_expressions(tensor: FaceTensor, names: list[str], key: str) -> FaceTe
         identity_ids=tensor.identity_ids,
         source={**tensor.source, "expressions": [tensor.expression_names[i] for i in keep]},
     )
+
+
+def _groups(names: list[str]) -> list[int]:
+    """Group ids of identities / expressions that must not be split between flow training and validation:
+    an identity with its "-mirror" / "-sym" variants, an expression with its "_left" / "_right" twin."""
+    keys = [re.sub(r"(-mirror|-sym|_left|_right)$", "", name) for name in names]
+    index = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    return [index[key] for key in keys]
+
+
+def _make_readable(directory: Path) -> None:
+    """Temporary files and directories are created private (0600 / 0700); a model is for everyone the
+    umask allows, like any other file the user writes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def _is_built(path: Path, config: ModelConfig) -> bool:

@@ -36,7 +36,8 @@ class FlowConfig:
     (paper: 0.95); lambda_jac: weight of the Jacobian Frobenius norm in the loss (eq. 19: 1);
     dequant_scale: uniform dequantisation noise in units of each coordinate's standard deviation (paper:
     1); epochs, batch_size, lr, weight_decay: Adam training (the default batch holds every training code of
-    the default model, so an epoch is one step).
+    the default model, so an epoch is one step); validation: share of the training identities /
+    expressions held out to pick the number of epochs (early stopping; 0: train `epochs` on all).
     """
 
     layers: int = 6
@@ -47,6 +48,7 @@ class FlowConfig:
     dequant_scale: float = 1.0
     epochs: int = 1000
     batch_size: int = 512
+    validation: float = 0.2
     lr: float = 1e-3
     weight_decay: float = 1e-5
 
@@ -62,6 +64,8 @@ class FlowConfig:
             raise ValueError(f"model.flow.lambda_jac={self.lambda_jac} must be in [0, 100]")
         if not 0.0 <= self.dequant_scale <= 10.0:
             raise ValueError(f"model.flow.dequant_scale={self.dequant_scale} must be in [0, 10]")
+        if not 0.0 <= self.validation <= 0.5:
+            raise ValueError(f"model.flow.validation={self.validation} must be in [0, 0.5]")
         if not 0.0 < self.lr <= 1.0:
             raise ValueError(f"model.flow.lr={self.lr} must be in (0, 1]")
         if not 0.0 <= self.weight_decay <= 1.0:

@@ -9,7 +9,7 @@ import safetensors.torch
 import torch
 
 from synth.facemodel.config import FlowConfig
-from synth.facemodel.flows import LatentFlow, fit_pca, jacobian_frobenius, train_flow
+from synth.facemodel.flows import EVAL_EVERY, LatentFlow, _split, fit_pca, jacobian_frobenius, train_flow
 
 
 def _skewed(n: int, k: int, seed: int) -> torch.Tensor:
@@ -32,7 +32,9 @@ FLOWS = {
 def trained(request: pytest.FixtureRequest) -> tuple[LatentFlow, torch.Tensor]:
     k, variance, layers = FLOWS[request.param]
     w = _skewed(48, k, seed=1)
-    config = FlowConfig(layers=layers, hidden=16, epochs=15, batch_size=16, pca_variance=variance)
+    config = FlowConfig(
+        layers=layers, hidden=16, epochs=15, batch_size=16, pca_variance=variance, validation=0
+    )
     flow, _ = train_flow(w, config, torch.Generator().manual_seed(0))
     return flow, w
 
@@ -108,12 +110,30 @@ def test_hutchinson_estimates_the_jacobian_frobenius_norm(trained: tuple[LatentF
 
 def test_training_is_deterministic_for_a_seed_and_lowers_the_nll() -> None:
     w = _skewed(64, 6, seed=5)
-    config = FlowConfig(hidden=16, epochs=15, batch_size=32, pca_variance=0.99)
+    config = FlowConfig(hidden=16, epochs=15, batch_size=32, pca_variance=0.99, validation=0)
     runs = [train_flow(w, config, torch.Generator().manual_seed(7)) for _ in range(2)]
     other, _ = train_flow(w, config, torch.Generator().manual_seed(8))
     (a, stats_a), (b, _) = runs
     state_a, state_b, state_other = (m.state_dict().values() for m in (a, b, other))
     assert all(torch.equal(x, y) for x, y in zip(state_a, state_b, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), state_other, strict=True))
-    _, stats_0 = train_flow(w, FlowConfig(hidden=16, epochs=0, pca_variance=0.99), torch.Generator())
+    _, stats_0 = train_flow(
+        w, FlowConfig(hidden=16, epochs=0, pca_variance=0.99, validation=0), torch.Generator()
+    )
     assert stats_a["train_nll"] < stats_0["train_nll"]  # epochs=0 is the whitened Gaussian
+
+
+def test_early_stopping_picks_the_best_validated_epoch_and_never_splits_a_group() -> None:
+    w = _skewed(40, 6, seed=9)
+    groups = [i // 3 for i in range(40)]  # e.g. an identity with its mirrored and symmetrised variants
+    fit, val = _split(groups, 0.25, torch.Generator().manual_seed(0))
+    assert {groups[i] for i in fit.tolist()}.isdisjoint({groups[i] for i in val.tolist()})
+    assert len(fit) + len(val) == 40 and len({groups[i] for i in val.tolist()}) == 4  # 25 % of 14 groups
+    config = FlowConfig(hidden=16, epochs=40, batch_size=64, pca_variance=0.99, validation=0.25)
+    _, stats = train_flow(w, config, torch.Generator().manual_seed(1), groups=groups)
+    curve = stats["validation"]["curve"]
+    assert [e for e, _ in curve] == list(range(0, 41, EVAL_EVERY))
+    best_epoch, best_nll = min(curve, key=lambda point: point[1])
+    assert stats["epochs"] == stats["validation"]["best_epoch"] == best_epoch
+    assert stats["validation"]["best_nll"] == best_nll
+    assert _split([0, 0, 0], 0.5, torch.Generator()) is None  # one group: nothing to validate on
