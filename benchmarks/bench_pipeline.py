@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--shard", type=int, default=32, help="samples per shard")
     parser.add_argument("--workers", type=int, default=0, help="Ray workers (0 = one per CPU)")
+    parser.add_argument("--loop-threads", type=int, default=0, help="torch threads of the loop (0 = default)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -110,7 +111,10 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
         for executor in (Executor.local, Executor.ray):
-            cfg = compose_config("generate", [*overrides, f"runtime.executor={executor.value}"])
+            extra = [f"runtime.executor={executor.value}"]
+            if executor is Executor.local:
+                extra.append(f"runtime.threads_per_worker={args.loop_threads}")
+            cfg = compose_config("generate", [*overrides, *extra])
             spec, _ = prepare(cfg, Path(tmp) / executor.value)
             results[executor.value] = _measure(spec, executor)
     ratio = results["ray"]["steady_rate"] / results["local"]["steady_rate"]
@@ -120,7 +124,7 @@ def main() -> None:
             "cpu": _cpu_model(),
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
-            "torch_threads_loop": torch.get_num_threads(),
+            "torch_threads_loop": args.loop_threads or torch.get_num_threads(),
             "load_avg_1min": os.getloadavg()[0],
         },
         "samples": args.samples,

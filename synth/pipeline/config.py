@@ -131,7 +131,8 @@ class RuntimeConfig:
     address: Ray cluster address (None: $RAY_ADDRESS if set, else start an embedded Ray).
     diffusion_workers: actors running the diffusion stage (each holds the pipeline).
     diffusion_gpus: GPUs per diffusion actor when the cluster has GPUs (0 = CPU).
-    threads_per_worker: torch threads in each worker (0 = CPUs / workers).
+    threads_per_worker: torch threads in each worker (0 = CPUs / workers for Ray; torch's default for
+        the local executor).
     progress: show a progress bar.
     """
 

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import chain
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -281,13 +280,9 @@ class DiffusionWorker:
         for start in range(0, n, self.batch_size):
             sub = {k: columns[k][start : start + self.batch_size] for k in keys}
             out = self.stage(sub)
-            parts.append({k: _as_array(out[k]) for k in ("rgb", "prompt", "ethnicity", "diffusion_seed")})
+            parts.append({k: np.asarray(out[k]) for k in ("rgb", "prompt", "ethnicity", "diffusion_seed")})
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return {**columns, **merged}, time.perf_counter() - t
-
-
-def _as_array(x: Any) -> np.ndarray:
-    return np.asarray(x)
 
 
 class ShardWriter:
@@ -295,7 +290,6 @@ class ShardWriter:
 
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
-        self.members = set(spec.cfg.output.members)
 
     def __call__(self, unit: ShardUnit, columns: Batch) -> ShardResult:
         from synth.records.writer import write_shard
@@ -377,11 +371,12 @@ class ShardPipeline:
 
 
 def run_in_process(spec: WorkerSpec, units: list[ShardUnit], on_shard: Callable[[ShardResult], None]) -> None:
-    """The in-process executor (`runtime.executor=local`): the same stages in one loop."""
+    """The in-process executor (`runtime.executor=local`): the same stages in one loop.
+
+    Torch keeps its default threads unless `runtime.threads_per_worker` sets them (small per-sample ops
+    run faster on 1 thread when other processes share the cores; see docs/performance.md)."""
+    if spec.cfg.runtime.threads_per_worker:
+        torch.set_num_threads(spec.cfg.runtime.threads_per_worker)
     pipeline = ShardPipeline(spec)
     for unit in units:
         on_shard(pipeline(unit))
-
-
-def output_root(spec: WorkerSpec) -> Path:
-    return Path(spec.output_dir)
