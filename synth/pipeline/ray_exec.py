@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from synth.errors import SynthError
 from synth.pipeline.plan import ShardUnit
 from synth.pipeline.stages import (
     DiffusionWorker,
@@ -70,15 +71,29 @@ def _summary(result: ShardResult) -> dict[str, np.ndarray]:
     return {"summary": np.array([json.dumps(result.__dict__)])}
 
 
+# Bad input met on a worker (e.g. a model path that node cannot see) travels back as data: Ray's task
+# errors keep only the text of the original exception, and the driver should print one line, not a trace.
+
+
+def _error(err: SynthError) -> dict[str, np.ndarray]:
+    return {"summary": np.array([json.dumps({"error": str(err)})])}
+
+
 def _write_shards(batch: dict[str, np.ndarray], spec: WorkerSpec) -> dict[str, np.ndarray]:
-    pipeline = _cached("pipeline", spec, ShardPipeline)
-    return _summary(pipeline(_unit(batch)))
+    try:
+        pipeline = _cached("pipeline", spec, ShardPipeline)
+        return _summary(pipeline(_unit(batch)))
+    except SynthError as err:
+        return _error(err)
 
 
 def _geometry_shards(batch: dict[str, np.ndarray], spec: WorkerSpec) -> dict[str, Any]:
-    geometry = _cached("geometry", spec, GeometryWorker)
     unit = _unit(batch)
-    columns, seconds = geometry(unit)
+    try:
+        geometry = _cached("geometry", spec, GeometryWorker)
+        columns, seconds = geometry(unit)
+    except SynthError as err:
+        return pack(unit, {"_error": [str(err)]}, {})
     return pack(unit, columns, seconds)
 
 
@@ -91,8 +106,13 @@ class _DiffuseAndWrite:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         unit, columns, seconds = unpack(batch)
-        columns, seconds["diffusion"] = self.diffusion(columns)
-        result = self.writer(unit, columns)
+        if "_error" in columns:
+            return _error(SynthError(columns["_error"][0]))
+        try:
+            columns, seconds["diffusion"] = self.diffusion(columns)
+            result = self.writer(unit, columns)
+        except SynthError as err:
+            return _error(err)
         result.seconds = {**seconds, **result.seconds}
         return _summary(result)
 
@@ -204,4 +224,7 @@ def _run(
         )
     log.info("ray: %d shards on %d CPU workers (cluster: %s)", len(units), workers, ray.cluster_resources())
     for row in ds.iter_rows():
-        on_shard(ShardResult(**json.loads(str(row["summary"]))))
+        summary = json.loads(str(row["summary"]))
+        if "error" in summary:
+            raise SynthError(f"on a Ray worker: {summary['error']}")
+        on_shard(ShardResult(**summary))

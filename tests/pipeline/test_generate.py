@@ -256,3 +256,22 @@ def test_multirun_writes_one_dataset_per_job(
     np.testing.assert_array_equal(a["latents"]["w_id"].numpy(), b["latents"]["w_id"].numpy())  # same identity
     assert not np.allclose(a["mesh"].numpy(), b["mesh"].numpy())  # intensity 0.5 vs 1.5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]
+
+
+def test_bad_input_on_a_ray_worker_comes_back_as_one_line(
+    tiny_model_dir: Path, tmp_path: Path, ray_session: None
+) -> None:
+    """E.g. a model directory the worker's node cannot see: a SynthError naming it, not a Ray trace."""
+    import shutil
+
+    from synth.errors import SynthError
+    from synth.pipeline.plan import shard_units
+    from synth.pipeline.ray_exec import run_ray
+    from synth.pipeline.run import prepare
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    spec, _ = prepare(compose_config("generate", _overrides(model, tmp_path / "ds", "num_samples=4")))
+    shutil.rmtree(model)
+    with pytest.raises(SynthError, match=f"on a Ray worker: .*{model}"):
+        run_ray(spec, shard_units(4, 4), lambda result: None)
