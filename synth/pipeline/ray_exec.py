@@ -192,7 +192,7 @@ def _run(
     ctx.execution_options.preserve_order = False
     runtime = spec.cfg.runtime
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    workers = runtime.num_workers or cpus
+    workers = min(runtime.num_workers or cpus, len(units))  # more would idle (and Ray warns)
     rows = [{"shard_id": u.shard_id, "start": u.start, "stop": u.stop} for u in units]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     if not diffusion_pool:
