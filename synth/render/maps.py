@@ -111,10 +111,12 @@ def png16_mm_to_depth(png: np.ndarray) -> np.ndarray:
 
 def normals_to_png8(normals: np.ndarray) -> np.ndarray:
     """normals (..., 3) camera-frame unit vectors, all-zero = background -> uint8 (..., 3) (module doc)."""
-    normals = np.asarray(normals, dtype=np.float64)
-    rgb = np.clip(np.rint((normals + 1.0) * 127.5), 0.0, 255.0)
-    background = ~np.any(normals != 0, axis=-1, keepdims=True)
-    return np.where(background, 0.0, rgb).astype(np.uint8)
+    normals = np.asarray(normals, dtype=np.float32)  # float32 is exact enough for 8 bits and twice as fast
+    rgb = (normals + np.float32(1.0)) * np.float32(127.5)
+    np.rint(rgb, out=rgb)
+    np.clip(rgb, 0.0, 255.0, out=rgb)
+    rgb[~np.any(normals != 0, axis=-1)] = 0.0  # background stays (0, 0, 0)
+    return rgb.astype(np.uint8)
 
 
 def png8_to_normals(png: np.ndarray) -> np.ndarray:
