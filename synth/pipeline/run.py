@@ -54,11 +54,11 @@ class RunSummary:
     bytes: int
     wall_s: float
     stage_s: dict[str, float] = field(default_factory=dict)
+    samples_written: int = 0
 
     @property
     def samples_per_s(self) -> float:
-        written = self.num_samples * self.shards_written / max(self.num_shards, 1)
-        return written / self.wall_s if self.wall_s > 0 else 0.0
+        return self.samples_written / self.wall_s if self.wall_s > 0 else 0.0
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in self.stage_s.items())
@@ -147,6 +147,7 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
         log.info("resuming: %d of %d shards already complete in %s", len(done), len(units), out)
 
     stage_s: dict[str, float] = {}
+    written = [0]
     progress = Progress(
         cfg.num_samples, sum(u.size for u in units if u.shard_id in done), cfg.runtime.progress
     )
@@ -154,6 +155,7 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
     def on_shard(result: ShardResult) -> None:
         for k, v in result.seconds.items():
             stage_s[k] = stage_s.get(k, 0.0) + v
+        written[0] += result.num_samples
         progress.update(result.num_samples)
 
     try:
@@ -162,11 +164,12 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
     finally:
         progress.close()
 
-    infos = [read_shard_info(out, u.shard_id) for u in units]
-    missing = [u.shard_id for u in units if not (out / infos[u.shard_id].name).is_file()]
+    complete = set(complete_shards(out, clean=False))
+    missing = [u.shard_id for u in units if u.shard_id not in complete]
     if missing:
         # An executor bug, not bad input: keep the traceback.
         raise RuntimeError(f"shards {missing[:5]} are missing after the run")
+    infos = [read_shard_info(out, u.shard_id) for u in units]
     wall = time.perf_counter() - t0
     write_manifest(
         out,
@@ -187,6 +190,7 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
         bytes=sum(i.bytes for i in infos),
         wall_s=wall,
         stage_s=stage_s,
+        samples_written=written[0],
     )
     _finish(out, cfg, summary)
     return summary
