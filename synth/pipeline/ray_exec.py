@@ -189,6 +189,8 @@ def _run(
 ) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # synth's own bar counts samples
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
     ctx.execution_options.preserve_order = False
     runtime = spec.cfg.runtime
     cpus = int(ray.cluster_resources().get("CPU", 1))
