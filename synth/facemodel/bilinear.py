@@ -221,9 +221,11 @@ def encode(
     alignment is done: the meshes must already be in the model frame.
 
     ALS on a bilinear form can stall far from the optimum when started badly (from neutral, a training
-    mesh in a strong expression stalls at cm errors), so each mesh starts from the catalogue expression
-    whose face on the mean identity is closest to it; a mesh of the training tensor is then fitted
-    exactly in one sweep. Stops when no mesh's squared residual changes by more than `tol` of its energy.
+    mesh in a strong expression stalls at cm errors), so it runs from two starts and keeps, per mesh, the
+    better fit: (a) the catalogue expression whose least-squares identity fit leaves the smallest residual
+    (a mesh of the training tensor is then fitted exactly), (b) the catalogue expression whose face on the
+    mean identity is nearest (better for codes between the catalogue's). Each run stops when no mesh's
+    squared residual changes by more than `tol` of its energy.
 
     x - mu = C x2 w_id x3 w_ex fixes (w_id, w_ex) only up to (a w_id, w_ex / a); the scale is chosen so that
     both factors have the same norm relative to their training rows' RMS norm, and the sign so that w_ex
@@ -232,18 +234,46 @@ def encode(
     w_id_reference, w_ex_reference = w_id_reference.to(core), w_ex_reference.to(core)
     d = vertices.flatten(1).to(core) - mean  # (B, 3N)
     mean_id = w_id_reference.mean(0, keepdim=True).expand(len(w_ex_reference), -1)  # (n_ex, I)
-    candidates = bilinear_decode(core, mean, mean_id, w_ex_reference).flatten(1) - mean  # (n_ex, 3N)
-    w_ex = w_ex_reference[torch.cdist(d, candidates).argmin(1)]  # (B, E)
+    faces = bilinear_decode(core, mean, mean_id, w_ex_reference).flatten(1) - mean  # (n_ex, 3N)
+    starts = (_best_catalogue_start(core, d, w_ex_reference), w_ex_reference[torch.cdist(d, faces).argmin(1)])
+    w_id, w_ex, err = _als(core, mean, vertices, d, starts[0], iterations, tol)
+    w_id_b, w_ex_b, err_b = _als(core, mean, vertices, d, starts[1], iterations, tol)
+    better = err_b < err
+    w_id = torch.where(better[:, None], w_id_b, w_id)
+    w_ex = torch.where(better[:, None], w_ex_b, w_ex)
+    return _canonical_scale(w_id, w_ex, w_id_reference, w_ex_reference)
+
+
+def _als(
+    core: Tensor, mean: Tensor, vertices: Tensor, d: Tensor, w_ex: Tensor, iterations: int, tol: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Alternating least squares from w_ex (B, E): returns w_id (B, I), w_ex (B, E), squared residual (B,)."""
     energy = d.double().square().sum(1).clamp_min(1e-30)  # (B,)
     prev = torch.full_like(energy, float("inf"))
-    for _ in range(iterations):
+    for _ in range(max(1, iterations)):
         w_id = fit_identity(core, mean, w_ex, vertices)
         w_ex = fit_expression(core, mean, w_id, vertices)
         err = (bilinear_decode(core, mean, w_id, w_ex).flatten(1) - mean - d).double().square().sum(1)
         if bool(((prev - err).abs() <= tol * energy).all()):
             break
         prev = err
-    return _canonical_scale(w_id, w_ex, w_id_reference, w_ex_reference)
+    return w_id, w_ex, err
+
+
+def _best_catalogue_start(core: Tensor, d: Tensor, w_ex_reference: Tensor) -> Tensor:
+    """For centred meshes d (B, 3N): the catalogue row (B, E) whose least-squares identity fit leaves the
+    smallest residual, one catalogue expression at a time (memory: one (3N, I) design)."""
+    best = torch.full((d.shape[0],), float("inf"), dtype=torch.float64, device=d.device)
+    w_ex = w_ex_reference[:1].expand(d.shape[0], -1).clone()
+    d64 = d.double()
+    for row in w_ex_reference:
+        a = (core @ row).double()  # (3N, I)
+        x = torch.linalg.lstsq(a, d64.T).solution.T  # (B, I)
+        resid = (d64 - x @ a.T).square().sum(1)  # (B,)
+        better = resid < best
+        best = torch.where(better, resid, best)
+        w_ex[better] = row
+    return w_ex
 
 
 def _canonical_scale(w_id: Tensor, w_ex: Tensor, ref_id: Tensor, ref_ex: Tensor) -> tuple[Tensor, Tensor]:

@@ -120,20 +120,25 @@ class LatentFlow(nn.Module):
         """u (B, D) -> w (B, K) in the PCA subspace."""
         return (u * self.pca_std) @ self.pca_basis + self.pca_mean
 
+    # The maps compute in the module's dtype (FaceModel keeps its flows in float64: through six affine
+    # couplings float32 round-off reached 1.6e-5 in z -> w -> z) and return the input's dtype.
     def to_z(self, w: Tensor, block: int | None = None) -> Tensor:
         """w (B, K) -> z (B, D), f of eq. 10."""
         with single_thread():
-            return _blocked(lambda x: self.flow().transform(self.whiten(x)), w, block)
+            x = w.to(self.pca_mean.dtype)
+            return _blocked(lambda x: self.flow().transform(self.whiten(x)), x, block).to(w.dtype)
 
     def to_w(self, z: Tensor, block: int | None = None) -> Tensor:
         """z (B, D) -> w (B, K), the exact inverse f^-1 (eq. 15)."""
         with single_thread():
-            return _blocked(lambda x: self.unwhiten(self.flow().transform.inv(x)), z, block)
+            x = z.to(self.pca_mean.dtype)
+            return _blocked(lambda x: self.unwhiten(self.flow().transform.inv(x)), x, block).to(z.dtype)
 
     def log_prob(self, w: Tensor) -> Tensor:
         """log p_W(w) (B,) of the PCA coordinates of w (eq. 10), whitening Jacobian included."""
         with single_thread():
-            return self.flow().log_prob(self.whiten(w)) - self.pca_std.log().sum()
+            u = self.whiten(w.to(self.pca_mean.dtype))
+            return (self.flow().log_prob(u) - self.pca_std.log().sum()).to(w.dtype)
 
     def nll_u(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """Per-sample NLL of whitened u (B, D) (eq. 12) and z = f(u) (B, D), differentiable in u."""

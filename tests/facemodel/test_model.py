@@ -189,3 +189,15 @@ def test_tiny_model_fixture_loads_and_samples(tiny_model_dir: Path) -> None:
     report = json.loads((tiny_model_dir / "report.json").read_text())
     assert report["model_id"] == model.model_id and report["held_out"]["meshes"] > 0
     assert (tiny_model_dir / "report_kde.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tiny_model_training_meshes_reencode_within_five_hundredths_of_a_mm(tiny_model_dir: Path) -> None:
+    """The tiny model is full rank: meshes of its (Anny) training tensor are in the model exactly."""
+    from synth.facemodel.build import source_tensor
+    from synth.facemodel.config import config_from_spec
+
+    model = FaceModel.load(tiny_model_dir)
+    tensor = source_tensor(config_from_spec(model.info["build"]), progress=False)
+    verts = torch.from_numpy(tensor.vertices[::3].reshape(-1, tensor.n_vertices, 3))  # base identities
+    w_id, w_ex = model.encode(verts)
+    assert (model.decode(w_id, w_ex) - verts).norm(dim=-1).max() * 1000 < 0.05
