@@ -127,27 +127,36 @@ class AuDetector:
         self.gamma = gamma
         self.scaler = StandardScaler()
         self.models: list[SVC | bool] = []
+        self._train: np.ndarray | None = None
 
     def fit(self, features: np.ndarray, labels: np.ndarray) -> "AuDetector":
         """features (n, D), labels (n, A) bool (AU present)."""
         x = self.scaler.fit_transform(features)
+        # The linear kernel is computed once and shared by the 46 SVMs (LIBSVM would recompute it per SVM).
+        self._train = x if self.kernel == "linear" else None
+        gram = x @ x.T if self.kernel == "linear" else x
         self.models = []
         for a in range(labels.shape[1]):
             y = labels[:, a].astype(bool)
             if y.all() or not y.any():
                 self.models.append(bool(y[0]))  # one class only: predict it
                 continue
-            self.models.append(
-                SVC(kernel=self.kernel, C=self.c, gamma=self.gamma, class_weight="balanced").fit(x, y)
+            svc = SVC(
+                kernel="precomputed" if self.kernel == "linear" else self.kernel,
+                C=self.c,
+                gamma=self.gamma,
+                class_weight="balanced",
             )
+            self.models.append(svc.fit(gram, y))
         return self
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """features (n, D) -> (n, A) bool AU presence."""
         x = self.scaler.transform(features)
+        k = x @ self._train.T if self._train is not None else x
         out = np.zeros((len(x), len(self.models)), dtype=bool)
         for a, model in enumerate(self.models):
-            out[:, a] = model if isinstance(model, bool) else model.predict(x).astype(bool)
+            out[:, a] = model if isinstance(model, bool) else model.predict(k).astype(bool)
         return out
 
 
