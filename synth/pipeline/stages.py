@@ -32,8 +32,10 @@ from synth.pipeline.samplers import LatentSpace, Sampler, assign_splits
 
 log = logging.getLogger(__name__)
 
-LATENT_BLOCK = 16
-"""Global indices are evaluated by the face model in aligned blocks of this many (see module doc)."""
+LATENT_BLOCK = 64
+"""Global indices are evaluated by the face model in aligned blocks of this many (see module doc). It
+matches the flows' own block (`synth.facemodel.flows.BLOCK`); shards of a multiple of it (the default 64)
+compute each block once."""
 
 Batch = dict[str, Any]
 
