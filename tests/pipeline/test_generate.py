@@ -60,7 +60,8 @@ def test_end_to_end_with_tiny_diffusion_validates_and_loads(
     out = tmp_path / "ds"
     args = [
         "generate",
-        f"model.path={tiny_model_dir}",
+        "model=tiny",
+        f"model.path={tiny_model_dir}",  # the session's build of model=tiny (not rebuilt in the cache)
         "diffusion=tiny",
         "num_samples=64",
         "render.image_size=64",
