@@ -30,7 +30,21 @@ from enum import Enum
 import fast_simplification
 import numpy as np
 import scipy.sparse as sp
+from tqdm.auto import tqdm
 
+from synth.facemodel.anny_source import (
+    AnnyPriorConfig,
+    AnnySourceConfig,
+    ExpressionScaling,
+    IdentityParams,
+    anny_topology,
+    facial_action_bases,
+    mirror_vertices,
+    neutral_meshes,
+    sample_identities,
+    selected_expressions,
+    years_to_anny_age,
+)
 from synth.facemodel.correspondence import (
     Correspondence,
     barycentric_matrix,
@@ -62,11 +76,9 @@ def deformation_rotation(transform: np.ndarray, scale_deformation: bool) -> np.n
     return linear if scale_deformation else linear / np.cbrt(np.linalg.det(linear))
 
 
-def _scales_deformation(transfer: TransferConfig, prior) -> bool:
+def _scales_deformation(transfer: TransferConfig, prior: AnnyPriorConfig) -> bool:
     if transfer.scale_deformation is not None:
         return transfer.scale_deformation
-    from synth.facemodel.anny_source import ExpressionScaling
-
     return prior.expression_scaling is ExpressionScaling.head_size
 
 
@@ -118,17 +130,12 @@ class AdultSource:
     landmarks: np.ndarray
     topology: str
 
-    def meshes(self, actions: np.ndarray) -> np.ndarray:
-        """(K, E, M, 3) float64: every adult under each of E action-weight rows (E, 52)."""
-        deform = np.einsum("ea,kavd->kevd", np.asarray(actions, dtype=np.float32), self.bases)
-        return self.neutral[:, None] + deform
 
-
-def sample_adult_identities(prior, seed: int, n: int, age_years: tuple[float, float]):
+def sample_adult_identities(
+    prior: AnnyPriorConfig, seed: int, n: int, age_years: tuple[float, float]
+) -> IdentityParams:
     """n adult identities: the infant prior's shape variation (gender, weight, muscle, ethnicity, local
-    face changes) with the age replaced by Uniform(age_years) years. Returns `IdentityParams`."""
-    from synth.facemodel.anny_source import IdentityParams, sample_identities, years_to_anny_age
-
+    face changes) with the age replaced by Uniform(age_years) years."""
     base = sample_identities(prior, seed, n, start=ADULT_STREAM)
     years = np.array(
         [numpy_rng(seed, ADULT_STREAM + i, Stage.BUILD, 1).uniform(*age_years) for i in range(n)]
@@ -157,15 +164,15 @@ def remesh(
     return np.asarray(resampling @ vertices), np.asarray(new_faces, dtype=np.int64), resampling
 
 
-def build_adult_source(config: TransferConfig, prior, seed: int) -> AdultSource:
+def build_adult_source(
+    config: TransferConfig, prior: AnnyPriorConfig, seed: int, progress: bool = False
+) -> AdultSource:
     """The K = config.kappa adult Anny heads in the configured topology (see `AdultSource`)."""
-    from synth.facemodel.anny_source import anny_topology, facial_action_bases
-
     topo = anny_topology()
     params = sample_adult_identities(prior, seed, config.kappa, config.adult_age_years)
     neutral = np.empty((config.kappa, topo.symmetry.size, 3))
     bases = np.empty((config.kappa, 52, topo.symmetry.size, 3), dtype=np.float32)
-    for k in range(config.kappa):
+    for k in tqdm(range(config.kappa), desc="adult heads", unit="head", disable=not progress):
         n_k, b_k = facial_action_bases(params[k : k + 1])
         neutral[k], bases[k] = n_k[0], b_k[0]
     mean_lmk = landmarks(neutral.mean(axis=0), topo.faces, load_anny_head_landmarks())  # (L, 3)
@@ -231,27 +238,19 @@ def transfer_catalogue(
 
 
 def build_transfer_tensor(
-    source_config, transfer: TransferConfig, seed: int, progress: bool = True
+    source_config: AnnySourceConfig, transfer: TransferConfig, seed: int, progress: bool = True
 ) -> FaceTensor:
     """The BabyFlow tensor with expressions transferred from adults (`TransferConfig`).
 
     source_config: A1's `AnnySourceConfig` (identities, expressions, delta, variants, prior): the same
     infants as `build_anny_tensor(source_config, seed)`; only their expressions differ.
     """
-    from synth.facemodel.anny_source import (
-        anny_topology,
-        mirror_vertices,
-        neutral_meshes,
-        sample_identities,
-        selected_expressions,
-    )
-
     catalogue = load_catalogue()
     topo = anny_topology()
     ex = selected_expressions(source_config.expressions, source_config.variants, catalogue)
     params = sample_identities(source_config.prior, seed, source_config.n_identities)
     neutral = neutral_meshes(params)  # (n, N, 3)
-    adults = build_adult_source(transfer, source_config.prior, seed)
+    adults = build_adult_source(transfer, source_config.prior, seed, progress)
     mapping = source_mapping(adults, neutral.mean(axis=0), topo.faces, transfer)
     rotation = deformation_rotation(mapping.transform, _scales_deformation(transfer, source_config.prior))
     actions = au_actions(catalogue, catalogue.expression_aus[ex])  # (E, 52) nominal intensity
@@ -311,7 +310,12 @@ class TransferErrors:
 
 
 def validate_transfer(
-    transfer: TransferConfig, prior, seed: int, n_infants: int, delta: float = 1.0, expressions=None
+    transfer: TransferConfig,
+    prior: AnnyPriorConfig,
+    seed: int,
+    n_infants: int,
+    delta: float = 1.0,
+    expressions=None,
 ) -> TransferErrors:
     """Transferred vs native infant expressions on held-out infants, for three settings:
 
@@ -320,8 +324,6 @@ def validate_transfer(
     - `same topology, computed M`: adults in Anny's topology, M from landmarks + projection;
     - `cross topology`: adults remeshed (`transfer.reduction`), M from landmarks + projection.
     """
-    from synth.facemodel.anny_source import anny_topology, facial_action_bases, sample_identities
-
     catalogue = load_catalogue()
     topo = anny_topology()
     ex = np.arange(len(catalogue.expression_names)) if expressions is None else np.asarray(expressions)
