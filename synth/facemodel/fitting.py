@@ -32,8 +32,6 @@ from synth.facemodel.metrics import MM_PER_M, per_vertex_error
 from synth.facemodel.model import FaceModel
 from synth.render.camera import Cameras
 
-__all__ = ["per_vertex_error"]  # re-exported: fits are judged with it
-
 log = logging.getLogger(__name__)
 
 
