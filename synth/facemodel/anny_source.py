@@ -232,6 +232,9 @@ def selected_expressions(names: list[str] | None, variants: bool, catalogue: Cat
 @cache
 def _age_mapping() -> Any:
     """Anny's WHO-calibrated morphological age map (identical for boys and girls)."""
+    import synth.quiet_warp  # noqa: F401  (before anny, which initialises Warp on import)
+
+    # isort: split
     from anny.paths import get_anny_root_dir
     from anny.shape_distribution import MorphologicalAgeMapping
 
@@ -263,6 +266,9 @@ def anny_age_to_years(age: np.ndarray) -> np.ndarray:
 @cache
 def anny_head_model() -> Any:
     """Anny's head model (float64, CPU), built once per process (~7 s from Anny's cache)."""
+    import synth.quiet_warp  # noqa: F401  (before anny, which initialises Warp on import)
+
+    # isort: split
     import anny
 
     model = anny.Anny(

@@ -320,6 +320,9 @@ def derive_anny_head_landmarks(model: Any = None) -> LandmarkDefinition:
     model: an `anny.Anny(rig="makehuman-head", topology="head", phenotypes="all", local_changes="all",
     ...)` instance, built when None (~7 s with a warm Anny cache).
     """
+    import synth.quiet_warp  # noqa: F401  (before anny, which initialises Warp on import)
+
+    # isort: split
     import anny  # heavy; only needed to (re)derive the shipped file
     from anny.face_segmentation import get_face_segmentation_mask
 

@@ -10,6 +10,7 @@ import torch
 import warp as wp
 from torch import Tensor
 
+import synth.quiet_warp  # noqa: F401  (silences Warp's banner before it initialises)
 from synth.render.camera import Lights
 from synth.render.raster import Fragments
 from synth.render.warp_backend import run_chunks, warp_device

@@ -23,6 +23,7 @@ import torch
 import warp as wp
 from torch import Tensor
 
+import synth.quiet_warp  # noqa: F401  (silences Warp's banner before it initialises)
 from synth.render.raster import NEAR_M, Fragments, check_inputs
 
 FACE_BITS = 24
