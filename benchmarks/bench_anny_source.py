@@ -11,11 +11,11 @@ with `/usr/bin/time -v`; see docs/performance.md.
 import argparse
 import logging
 import os
-import platform
 import time
 
 import numpy as np
 import torch
+from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 
 from synth.facemodel.anny_source import (
     N_ACTIONS,
@@ -31,17 +31,6 @@ from synth.facemodel.anny_source import (
 from synth.facemodel.expressions import load_catalogue
 
 log = logging.getLogger("bench_anny_source")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -75,7 +64,7 @@ def main() -> None:
     np.testing.assert_allclose(batched, loop, atol=1e-6)
 
     cpus, threads = os.cpu_count(), torch.get_num_threads()
-    log.info("hardware: %s, %d cpus, torch %s, %d threads", _cpu_model(), cpus, torch.__version__, threads)
+    log.info("hardware: %s, %d cpus, torch %s, %d threads", cpu_model(), cpus, torch.__version__, threads)
     n_id, n_ex, n_vert = args.identities, len(actions), topo.symmetry.size
     log.info("meshes: %d identities x %d expressions = %d (N = %d, %d actions)", n_id, n_ex, n_meshes, n_vert,
              N_ACTIONS)  # fmt: skip

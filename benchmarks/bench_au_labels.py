@@ -10,27 +10,17 @@ difference between the two, and the hardware.
 """
 
 import argparse
-import platform
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
+from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 
 from synth.facemodel.au_labels import ModelAuLabeller, au_intensities, single_au_expressions
 from synth.facemodel.bilinear import bilinear_decode
 from synth.facemodel.expressions import load_catalogue
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def random_model(n_vertices: int, rank_id: int, seed: int) -> SimpleNamespace:

@@ -19,7 +19,6 @@ Goals (issue 5): stage >= 4x naive and >= 6 images/s on one H100.
 
 import argparse
 import logging
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 
 # Published configs (huggingface.co: stable-diffusion-v1-5/stable-diffusion-v1-5 unet/vae/text_encoder
 # config.json, lllyasviel/control_v11f1p_sd15_depth config.json), reduced to the keys that differ from
@@ -273,7 +273,7 @@ def main() -> int:
         assert out["rgb"].shape == (n_images, 1, size, size, 3)
 
     naive_ips, stage_ips = n_naive / naive_s, n_images / stage_s
-    hardware = f"{_gpu_name(device)} | {_cpu_model()}, {torch.get_num_threads()} torch threads"
+    hardware = f"{_gpu_name(device)} | {cpu_model()}, {torch.get_num_threads()} torch threads"
     log.info("hardware: %s | torch %s", hardware, torch.__version__)
     log.info(
         "setting: %dx%d, %d steps, CFG 7.5, %s, batch %d images, compile=%s",
@@ -302,13 +302,6 @@ def main() -> int:
 
 def _gpu_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU (CPU run)"
-
-
-def _cpu_model() -> str:
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.is_file() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

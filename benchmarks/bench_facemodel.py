@@ -11,7 +11,6 @@ baseline), both measured in this run, with the ratio, absolute numbers and the h
 
 import argparse
 import logging
-import platform
 import resource
 import subprocess
 import sys
@@ -20,22 +19,13 @@ import time
 from pathlib import Path
 
 import torch
+from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 
 from synth.facemodel import FaceModel
 from synth.facemodel.bilinear import bilinear_decode
 from synth.seeding import Stage, torch_generator
 
 CLI = [sys.executable, "-c", "import sys; from synth.cli import main; sys.exit(main())"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def per_sample_loop(model: FaceModel, n: int, seed: int) -> None:

@@ -16,13 +16,13 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 
 from synth.cli._hydra import compose_config
 from synth.pipeline.config import Executor
@@ -32,16 +32,6 @@ from synth.pipeline.stages import ShardResult, WorkerSpec, run_in_process
 from synth.records.writer import write_dataset_files
 
 log = logging.getLogger("bench_pipeline")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _measure(spec: WorkerSpec, executor: Executor) -> dict[str, float]:
@@ -121,7 +111,7 @@ def main() -> None:
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "torch_threads_loop": args.loop_threads or torch.get_num_threads(),

@@ -14,7 +14,6 @@ cost. Prints ratios (tar / loose) and absolute numbers, and the hardware.
 import argparse
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 from torch.utils.data import DataLoader, Dataset
 
 from synth.records import codecs, load_webdataset
@@ -175,16 +175,6 @@ def time_loader(dataset: Dataset, workers: int, expected: int) -> float:
     seconds = time.perf_counter() - t
     assert n == expected, (n, expected)
     return seconds
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

