@@ -120,11 +120,11 @@ def reconstruction_experiment(
     result: dict[str, Any] = {"held_out_meshes": n_h * n_ex, "held_out_identities": n_h, "models": {}}
 
     fits: dict[Prior, list] = {}
-    for prior in (Prior.FLOW, Prior.GAUSSIAN):
+    for prior in (Prior.flow, Prior.gaussian):
         opts = dataclasses.replace(options, prior=prior)
         fits[prior] = _fit_all(lambda v, o=opts: fit_meshes(fm, v, o), verts, batch_size)
         recon = torch.cat([f.vertices for f in fits[prior]])
-        name = "bilinear + flow prior (BabyFlow)" if prior is Prior.FLOW else "bilinear + Gaussian prior"
+        name = "bilinear + flow prior (BabyFlow)" if prior is Prior.flow else "bilinear + Gaussian prior"
         result["models"][name] = error_table(per_vertex_error(recon, verts), regions)
 
     train = training_tensor(model)
@@ -137,7 +137,7 @@ def reconstruction_experiment(
     )
 
     # Neutralisation under the flow prior: fit -> neutral expression -> decode, in each input's frame.
-    flow_fits = fits[Prior.FLOW]
+    flow_fits = fits[Prior.flow]
     z_id = torch.cat([f.z_id for f in flow_fits]).reshape(n_h, n_ex, -1)
     with torch.no_grad():
         neutral = torch.cat([f.transform.apply(neutral_twin(fm, f.w_id)) for f in flow_fits])

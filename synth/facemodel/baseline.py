@@ -1,8 +1,8 @@
 """The linear baseline: a PCA shape model of the same infants without expression modelling (BabyFM-like).
 
 BabyFM is a PCA model of infant scans, each taken with whatever expression the infant had. Our analogue
-takes the model's training tensor and keeps one mesh per identity: with `TrainingMeshes.RANDOM` a seeded
-random expression per identity (uncontrolled expressions, as in BabyFM's scans), with `NEUTRAL` the
+takes the model's training tensor and keeps one mesh per identity: with `TrainingMeshes.random` a seeded
+random expression per identity (uncontrolled expressions, as in BabyFM's scans), with `neutral` the
 neutral one. It is fitted exactly like the bilinear model (`synth.facemodel.fitting.fit_posed`: pose +
 latents by L-BFGS) with the Gaussian prior of its PCA coefficients (BabyFlow eq. 22).
 """
@@ -24,8 +24,8 @@ from synth.facemodel.tensor import FaceTensor
 class TrainingMeshes(Enum):
     """Which mesh of each identity the baseline learns from."""
 
-    RANDOM = "random"  # one seeded random expression per identity (BabyFM's uncontrolled scans)
-    NEUTRAL = "neutral"  # the neutral expression only
+    random = "random"  # one seeded random expression per identity (BabyFM's uncontrolled scans)
+    neutral = "neutral"  # the neutral expression only
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class PcaShapeModel:
 
 def training_meshes(tensor: FaceTensor, which: TrainingMeshes, generator: np.random.Generator) -> np.ndarray:
     """One mesh per identity of `tensor` -> (n_id, N, 3): the neutral, or a random expression each."""
-    if which is TrainingMeshes.NEUTRAL:
+    if which is TrainingMeshes.neutral:
         ex = np.full(tensor.n_identities, tensor.expression_names.index("neutral"))
     else:
         ex = generator.integers(0, tensor.n_expressions, size=tensor.n_identities)
@@ -89,6 +89,6 @@ def fit_pca(model: PcaShapeModel, vertices: Tensor, options: FitOptions) -> tupl
     """Fit the PCA model to meshes (B, N, 3) metres like the bilinear model (pose + coefficients, Gaussian
     prior whatever `options.prior` says: a PCA model has no flow). Returns (coefficients (B, k),
     reconstruction (B, N, 3) in the targets' frame)."""
-    options = dataclasses.replace(options, prior=Prior.GAUSSIAN)
+    options = dataclasses.replace(options, prior=Prior.gaussian)
     _, ws, _, _, _, recon = fit_posed([model.factor()], model.decode, model.mean, vertices, options, [None])
     return ws[0], recon

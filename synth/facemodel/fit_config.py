@@ -41,7 +41,7 @@ class FitConfig:
     device: str = "cpu"
     held_out: int | None = None
     expressions_per_identity: int = 0
-    baseline_meshes: TrainingMeshes = TrainingMeshes.RANDOM
+    baseline_meshes: TrainingMeshes = TrainingMeshes.random
     baseline_variance: float = 0.99
     keypoint_samples: int = 20
     seed: int = 12345

@@ -39,22 +39,22 @@ log = logging.getLogger(__name__)
 class Prior(Enum):
     """The latent prior of a fit.
 
-    FLOW: the normalizing flow's NLL of w; the fit runs over z (w = f^-1(z)).
-    GAUSSIAN: a multivariate Gaussian on w from the training codes (BabyFlow eq. 22, no flow); fit over w.
-    NONE: no prior (maximum likelihood of the observations only); fit over w.
+    flow: the normalizing flow's NLL of w; the fit runs over z (w = f^-1(z)).
+    gaussian: a multivariate Gaussian on w from the training codes (BabyFlow eq. 22, no flow); fit over w.
+    none: no prior (maximum likelihood of the observations only); fit over w.
     """
 
-    FLOW = "flow"
-    GAUSSIAN = "gaussian"
-    NONE = "none"
+    flow = "flow"
+    gaussian = "gaussian"
+    none = "none"
 
 
 class Alignment(Enum):
     """How a target mesh is brought into the model frame before fitting."""
 
-    SIMILARITY = "similarity"  # rotation, translation and isotropic scale (Umeyama)
-    RIGID = "rigid"  # rotation and translation
-    NONE = "none"  # the target is already in the model frame
+    similarity = "similarity"  # rotation, translation and isotropic scale (Umeyama)
+    rigid = "rigid"  # rotation and translation
+    none = "none"  # the target is already in the model frame
 
 
 @dataclass
@@ -68,8 +68,8 @@ class FitOptions:
 
     gamma1: float = 0.99
     gamma2: float = 0.01
-    prior: Prior = Prior.FLOW
-    alignment: Alignment = Alignment.SIMILARITY
+    prior: Prior = Prior.flow
+    alignment: Alignment = Alignment.similarity
     outer_iters: int = 2  # alternations identity <-> expression (BabyFlow 4.5)
     inner_iters: int = 10  # L-BFGS iterations per block and alternation
     # Then both factors jointly: alternation alone stalls in the bilinear scale ambiguity
@@ -277,22 +277,22 @@ class _Block:
     def init(self, batch: int, start_w: Tensor | None) -> Tensor:
         w0 = self.factor.w_init[None].expand(batch, -1) if start_w is None else start_w
         w0 = w0.detach().float()
-        if self.prior is Prior.FLOW:
+        if self.prior is Prior.flow:
             return self.factor.to_z(w0).detach().clone()
         mean, basis = self._basis(w0)
         return torch.linalg.solve(basis, (w0 - mean).T).T.contiguous()  # (B, K)
 
     def w(self, x: Tensor) -> Tensor:
-        if self.prior is Prior.FLOW:
+        if self.prior is Prior.flow:
             return self.factor.to_w(x)
         mean, basis = self._basis(x)
         return mean + x @ basis.T
 
     def energy(self, x: Tensor, w: Tensor) -> Tensor:
         """(B,) prior NLL per latent dimension."""
-        if self.prior is Prior.FLOW:
+        if self.prior is Prior.flow:
             return self.factor.nll_w(w) / x.shape[-1]
-        if self.prior is Prior.GAUSSIAN:
+        if self.prior is Prior.gaussian:
             return 0.5 * self.factor.gaussian.mahalanobis_sq(w) / w.shape[-1]
         return torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
 
@@ -386,7 +386,7 @@ def _fit(
 
 def _z(factor: LatentFactor, prior: Prior, x: Tensor, w: Tensor) -> Tensor:
     """The flow latent of a fitted factor (the variable itself when the fit ran over z)."""
-    if prior is Prior.FLOW:
+    if prior is Prior.flow:
         return x
     with torch.no_grad():
         return factor.to_z(w)
@@ -418,17 +418,17 @@ def fit_posed(
     # then refined with the latents (the mean-shape alignment alone is biased by the target's own shape).
     mean_shape = mean_shape.to(device)
     pose0 = procrustes(
-        mean_shape[None].expand(batch, -1, -1), vertices, scale=options.alignment is Alignment.SIMILARITY
+        mean_shape[None].expand(batch, -1, -1), vertices, scale=options.alignment is Alignment.similarity
     )
     # Pose unknowns in millimetres of displacement at the mesh's radius, so they are O(1) like the latents.
     radius_mm = MM_PER_M * (mean_shape - mean_shape.mean(0)).norm(dim=-1).mean().item()
     rotvec = torch.zeros(batch, 3, device=device)  # rotation after pose0's, radians * radius_mm
     log_scale = torch.zeros(batch, device=device)  # log scale * radius_mm
     shift = torch.zeros(batch, 3, device=device)  # translation after pose0's, mm
-    extra = {Alignment.SIMILARITY: [rotvec, log_scale, shift], Alignment.RIGID: [rotvec, shift]}
+    extra = {Alignment.similarity: [rotvec, log_scale, shift], Alignment.rigid: [rotvec, shift]}
 
     def pose() -> Similarity:
-        if options.alignment is Alignment.NONE:
+        if options.alignment is Alignment.none:
             return Similarity.identity(batch, device)
         return Similarity(
             pose0.rotation @ rotation_matrix(rotvec / radius_mm),
@@ -467,8 +467,8 @@ def fit_meshes(
     start: optional (w_id, w_ex) initial codes, (B, K) each; default the mean identity and the neutral
     expression (with the flow prior and `warm_start`: the result of a Gaussian-prior fit from there).
     """
-    if options.prior is Prior.FLOW and options.warm_start and start == (None, None):
-        warm = fit_meshes(model, vertices, dataclasses.replace(options, prior=Prior.GAUSSIAN))
+    if options.prior is Prior.flow and options.warm_start and start == (None, None):
+        warm = fit_meshes(model, vertices, dataclasses.replace(options, prior=Prior.gaussian))
         start = (warm.w_id, warm.w_ex)
     factors = (model.identity, model.expression)
     xs, ws, e, e_data, pose, recon = fit_posed(
@@ -567,9 +567,9 @@ def fit_keypoints(
         return ((px - keypoints).square().sum(-1) * wts).sum(-1) / wts.sum(-1).clamp_min(1.0)  # (B,) px^2
 
     start = (None, None)
-    if options.prior is Prior.FLOW and options.warm_start:
+    if options.prior is Prior.flow and options.warm_start:
         warm = fit_keypoints(
-            model, keypoints, cameras, landmarks, dataclasses.replace(options, prior=Prior.GAUSSIAN), weights
+            model, keypoints, cameras, landmarks, dataclasses.replace(options, prior=Prior.gaussian), weights
         )
         start = (warm.w_id, warm.w_ex)
     factors = (model.identity, model.expression)

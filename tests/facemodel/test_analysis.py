@@ -136,7 +136,7 @@ def test_reconstruction_experiment_on_tiny_model_samples(tiny) -> None:
     )
     regions = face_regions(tiny.mean_shape.numpy(), tiny.faces.numpy(), load_anny_head_landmarks())
     result = reconstruction_experiment(
-        tiny, held, FAST, regions, TrainingMeshes.RANDOM, 0.99, seed=0, batch_size=8
+        tiny, held, FAST, regions, TrainingMeshes.random, 0.99, seed=0, batch_size=8
     )
     models = result["models"]
     flow = models["bilinear + flow prior (BabyFlow)"]["all"]["mean"]
@@ -199,3 +199,24 @@ def test_synth_fit_bad_input_is_one_line(tiny_model_dir, tmp_path: Path) -> None
     errors = [line for line in res.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and "bad.npy" in errors[0] and "(4538, 3)" in errors[0]
     assert not (tmp_path / "o" / "fit.json").exists()
+
+
+def test_fit_and_analyze_configs_compose_and_validate() -> None:
+    from synth.cli._hydra import compose_config
+    from synth.errors import SynthError
+    from synth.facemodel.fit_config import FitTask
+    from synth.facemodel.fitting import Alignment, Prior
+
+    fit = compose_config("fit", ["model=tiny", "inputs=[a.ply]", "fit.prior=gaussian", "fit.alignment=rigid"])
+    assert (
+        fit.task is FitTask.files and fit.fit.prior is Prior.gaussian and fit.fit.alignment is Alignment.rigid
+    )
+    assert compose_config("fit", ["task=keypoints"]).model.n_identities == 95  # the default model
+    analyze = compose_config("analyze", ["model=tiny", "rho=0.95"])
+    assert analyze.rho == 0.95 and analyze.model.n_identities == 4
+    with pytest.raises(SynthError, match="inputs"):
+        compose_config("fit", [])
+    with pytest.raises(SynthError, match="gamma1"):
+        compose_config("fit", ["task=keypoints", "fit.gamma1=0.5"])
+    with pytest.raises(SynthError, match="rho"):
+        compose_config("analyze", ["rho=1.5"])

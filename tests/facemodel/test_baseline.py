@@ -55,10 +55,10 @@ def test_training_meshes_one_per_identity() -> None:
         identity_ids=["a", "b", "c"],
     )
     np.testing.assert_array_equal(
-        training_meshes(tensor, TrainingMeshes.NEUTRAL, np.random.default_rng(0)), verts[:, 1]
+        training_meshes(tensor, TrainingMeshes.neutral, np.random.default_rng(0)), verts[:, 1]
     )
-    a = training_meshes(tensor, TrainingMeshes.RANDOM, np.random.default_rng(3))
-    b = training_meshes(tensor, TrainingMeshes.RANDOM, np.random.default_rng(3))
+    a = training_meshes(tensor, TrainingMeshes.random, np.random.default_rng(3))
+    b = training_meshes(tensor, TrainingMeshes.random, np.random.default_rng(3))
     np.testing.assert_array_equal(a, b)
     assert a.shape == (3, 2, 3)
     for i in range(3):  # each row is one of that identity's meshes

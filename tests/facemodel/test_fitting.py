@@ -82,7 +82,7 @@ def test_rotation_matrix_matches_scipy_and_is_smooth_at_zero() -> None:
 def test_fit_recovers_known_latents_in_the_model_frame(synth_model, prior: Prior) -> None:
     w_id, w_ex, verts = _truth(synth_model, 4, seed=3)
     fit = fit_meshes(
-        synth_model, verts, FitOptions(gamma1=0.999, gamma2=0.001, prior=prior, alignment=Alignment.NONE)
+        synth_model, verts, FitOptions(gamma1=0.999, gamma2=0.001, prior=prior, alignment=Alignment.none)
     )
     assert per_vertex_error(fit.vertices, verts).mean(1).max() < 0.01
     assert _product_error(w_id, w_ex, fit.w_id, fit.w_ex) < 0.01
@@ -149,7 +149,7 @@ def test_fit_options_validate() -> None:
         FitOptions(gamma1=0.5, gamma2=0.2)
     with pytest.raises(ValueError, match="inner_iters"):
         FitOptions(inner_iters=0)
-    assert FitOptions(prior="gaussian").prior is Prior.GAUSSIAN
+    assert FitOptions(prior="gaussian").prior is Prior.gaussian
 
 
 def test_fit_the_tiny_model_to_its_own_samples(tiny_model_dir) -> None:
