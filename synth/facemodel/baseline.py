@@ -14,7 +14,6 @@ from enum import Enum
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
 from torch import Tensor
 
 from synth.facemodel.fitting import FitOptions, LatentFactor, Prior, fit_posed
@@ -41,6 +40,8 @@ class PcaShapeModel:
     @staticmethod
     def fit(meshes: np.ndarray, variance: float = 0.99) -> "PcaShapeModel":
         """PCA (sklearn) of meshes (n, N, 3) keeping `variance` of the variance (at most n - 1 modes)."""
+        from sklearn.decomposition import PCA  # only here: keeps sklearn out of every CLI's config import
+
         n, n_vert, _ = meshes.shape
         flat = meshes.reshape(n, -1).astype(np.float64)
         pca = PCA(n_components=min(n - 1, flat.shape[1])).fit(flat)
