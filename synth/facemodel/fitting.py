@@ -492,8 +492,9 @@ def rotation_matrix(rotvec: Tensor) -> Tensor:
 def neutral_twin(model: FitModel, w_id: Tensor) -> Tensor:
     """The neutral-expression mesh of identities w_id (B, K_id) -> (B, N, 3), model frame.
 
-    The one definition of "the neutral of an identity": the pipeline's `identity_sets` neutral twins and
-    `neutralise` below both call it.
+    "The neutral of an identity" is the model's neutral expression coefficient (`FaceModel.neutral_w_ex`,
+    here `model.expression.w_init`): `neutralise` below calls this, and the pipeline's `identity_sets`
+    neutral twins decode the same coefficient in its batched geometry stage (synth/pipeline/samplers.py).
     """
     w_ex = model.expression.w_init.to(w_id)[None].expand(w_id.shape[0], -1)
     return model.decode(w_id, w_ex)
