@@ -92,6 +92,12 @@ def main() -> None:
     print(f"batched sample+decode: {batched_rate:9.1f} meshes/s  (batch {args.batch}, {batched:.3f} s)")
     print(f"per-sample loop:       {loop_rate:9.1f} meshes/s  ({args.loop} meshes, {looped:.3f} s)")
     print(f"ratio batched / loop:  {batched_rate / loop_rate:9.1f} x")
+    # What a user gets calling the public API one sample at a time: each call pays for a whole fixed
+    # 64-row block (the price of batch-independent bytes), so this ratio is larger than the one above.
+    n_api = max(args.loop // 2, 1)
+    api = timed(lambda: [model.sample_indices([i], seed=1) for i in range(n_api)], args.repeat)
+    print(f"public API, one sample per call: {n_api / api:9.1f} meshes/s  ({n_api} calls, {api:.3f} s)")
+    print(f"ratio batched / public-API loop: {batched_rate * api / n_api:9.1f} x")
     if args.build:
         build = bench_build(args.build)
         print(

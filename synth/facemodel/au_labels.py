@@ -22,11 +22,15 @@ with A = C x2 w_id (3N, E) and w_a the coefficients of the catalogue's single-AU
 the E x E Gram K = A^T A is needed (`ModelAuLabeller`).
 """
 
+import logging
+
 import numpy as np
 import scipy.linalg
 import torch
 from scipy.optimize import nnls
 from scipy.sparse.csgraph import connected_components
+
+log = logging.getLogger(__name__)
 
 # Exactly parallel up to round-off: AU27 (jawOpen + 0.2 mouthStretch) vs AU26 (0.5 jawOpen) is 0.9993 on
 # Anny and must stay two bases.
@@ -140,6 +144,20 @@ def single_au_expressions(expression_aus: np.ndarray) -> np.ndarray:
     return rows
 
 
+def identity_gram(core: torch.Tensor, w_id: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """K = A^T A (n, E, E) float64 for A = C x2 w_id (3N, E), each identity's expression-to-vertex map.
+
+    core: (3N, I, E); w_id: (n, I). A is a batched matmul over the core's vertex rows (no copy of the
+    core); K is summed in float32 (relative error ~1e-6, far below the labels' resolution) and returned in
+    float64 for the NNLS.
+    """
+    out = []
+    for block in torch.as_tensor(w_id).detach().cpu().to(core.dtype).split(chunk):
+        a = torch.matmul(block[None], core).transpose(0, 1)  # (1, b, I) @ (3N, I, E) -> (b, 3N, E)
+        out.append((a.transpose(1, 2) @ a).double())  # (b, E, E)
+    return torch.cat(out)
+
+
 class ModelAuLabeller:
     """Fast AU intensities of `FaceModel` samples from their coefficients (batched torch + small NNLS).
 
@@ -159,16 +177,8 @@ class ModelAuLabeller:
         self.parallel_cos = parallel_cos
 
     def gram(self, w_id: torch.Tensor) -> torch.Tensor:
-        """K = A^T A (n, E, E) float64 for A = C x2 w_id, the identity's expression-to-vertex map.
-
-        A is a batched matmul over the core's vertex rows (no copy of the core); K is summed in float32
-        (relative error ~1e-6, far below the labels' resolution) and returned in float64 for the NNLS.
-        """
-        out = []
-        for block in torch.as_tensor(w_id).detach().cpu().to(self.core.dtype).split(self.chunk):
-            a = torch.matmul(block[None], self.core).transpose(0, 1)  # (1, b, I) @ (3N, I, E) -> (b, 3N, E)
-            out.append((a.transpose(1, 2) @ a).double())  # (b, E, E)
-        return torch.cat(out)
+        """K = A^T A (n, E, E) float64 for A = C x2 w_id (see `identity_gram`)."""
+        return identity_gram(self.core, w_id, self.chunk)
 
     def __call__(self, w_id: torch.Tensor, w_ex: torch.Tensor) -> np.ndarray:
         """w_id (n, I), w_ex (n, E) -> (n, A) float32 AU intensities in [0, 1]."""
@@ -184,3 +194,44 @@ class ModelAuLabeller:
 def model_au_intensities(model, w_id: torch.Tensor, w_ex: torch.Tensor) -> np.ndarray:
     """AU intensities (n, A) float32 in [0, 1] of `FaceModel` samples (w_id (n, I), w_ex (n, E))."""
     return ModelAuLabeller(model)(w_id, w_ex)
+
+
+class CatalogueAuLabeller:
+    """AU intensities for models without a single-AU expression per AU (e.g. `model=tiny`).
+
+    The same identity-specific least squares as `ModelAuLabeller`, over the model's own catalogue
+    expressions: the sample's expression deformation A (w_ex - w_n) is explained by non-negative weights c
+    of the expression deltas A (w_e - w_n), and the AU intensities are c @ the catalogue's AU table
+    (expression_aus), clipped to [0, 1]. `__call__(w_id (n, I), w_ex (n, E)) -> (n, A)`.
+    """
+
+    def __init__(self, model, chunk: int = 8) -> None:
+        names = list(model.expression_names)
+        keep = [e for e, name in enumerate(names) if name != "neutral"]
+        w_all = model.expression_coefficients.detach().cpu().to(torch.float64)  # (n_ex, E)
+        self.core = model.core.detach().cpu()  # (3N, I, E)
+        self.w_neutral = w_all[names.index("neutral")]  # (E,)
+        self.p = w_all[keep] - self.w_neutral  # (M, E)
+        self.aus = model.expression_aus.detach().cpu().to(torch.float64)[keep].numpy()  # (M, A)
+        self.chunk = chunk
+
+    def __call__(self, w_id: torch.Tensor, w_ex: torch.Tensor) -> np.ndarray:
+        """w_id (n, I), w_ex (n, E) -> (n, A) float32 AU intensities in [0, 1]."""
+        k = identity_gram(self.core, w_id, self.chunk)  # (n, E, E)
+        kp = k @ self.p.T  # (n, E, M)
+        gram = self.p @ kp  # (n, M, M)
+        dw = torch.as_tensor(w_ex).detach().cpu().to(torch.float64) - self.w_neutral  # (n, E)
+        rhs = torch.einsum("ne,nem->nm", dw, kp)  # (n, M)
+        coef = nnls_from_gram(gram.numpy(), rhs.numpy())  # (n, M)
+        return np.clip(coef @ self.aus, 0.0, 1.0).astype(np.float32)
+
+
+def au_labeller(model) -> ModelAuLabeller | CatalogueAuLabeller:
+    """The labeller for a `FaceModel`: `ModelAuLabeller` when the model has a single-AU expression for
+    every AU, else `CatalogueAuLabeller` (labels through the model's catalogue expressions)."""
+    try:
+        single_au_expressions(model.expression_aus.detach().cpu().numpy())
+    except ValueError:
+        log.info("the model lacks single-AU expressions for some AUs: AU labels via its catalogue")
+        return CatalogueAuLabeller(model)
+    return ModelAuLabeller(model)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from synth.facemodel.au_labels import au_labeller
 from synth.pipeline.config import GenerateConfig
 from synth.pipeline.plan import ShardUnit
 from synth.pipeline.samplers import LatentSpace, Sampler, assign_splits
@@ -105,52 +106,6 @@ def _concat(parts: list[Batch]) -> Batch:
         values = [p[key] for p in parts]
         out[key] = np.concatenate(values) if isinstance(values[0], np.ndarray) else list(chain(*values))
     return out
-
-
-class CatalogueAuLabeller:
-    """AU intensities for models without a single-AU expression per AU (e.g. `model=tiny`).
-
-    The same identity-specific least squares as `synth.facemodel.au_labels.ModelAuLabeller`, but over the
-    model's own catalogue expressions: the sample's expression deformation A (w_ex - w_n) is explained by
-    non-negative weights c of the expression deltas A (w_e - w_n), and the AU intensities are c @ the
-    catalogue's AU table (expression_aus), clipped to [0, 1]. With single-AU expressions for every AU it
-    reduces to `ModelAuLabeller`, which is used then.
-    """
-
-    def __init__(self, model: Any):
-        names = list(model.expression_names)
-        keep = [e for e, name in enumerate(names) if name != "neutral"]
-        w_all = model.expression_coefficients.detach().cpu().to(torch.float64)  # (n_ex, E)
-        self.core = model.core.detach().cpu()  # (3N, I, E)
-        self.w_neutral = w_all[names.index("neutral")]  # (E,)
-        self.p = w_all[keep] - self.w_neutral  # (M, E)
-        self.aus = model.expression_aus.detach().cpu().to(torch.float64)[keep]  # (M, A)
-
-    def __call__(self, w_id: torch.Tensor, w_ex: torch.Tensor) -> np.ndarray:
-        """w_id (n, I), w_ex (n, E) -> (n, A) float32 AU intensities in [0, 1]."""
-        from synth.facemodel.au_labels import nnls_from_gram
-
-        a = torch.einsum("kie,bi->bke", self.core, w_id.detach().cpu().to(self.core)).double()  # (n, 3N, E)
-        k = a.transpose(1, 2) @ a  # (n, E, E)
-        kp = k @ self.p.T  # (n, E, M)
-        gram = self.p @ kp  # (n, M, M)
-        rhs = torch.einsum("ne,nem->nm", w_ex.detach().cpu().double() - self.w_neutral, kp)  # (n, M)
-        coef = nnls_from_gram(gram.numpy(), rhs.numpy())  # (n, M)
-        return np.clip(coef @ self.aus.numpy(), 0.0, 1.0).astype(np.float32)
-
-
-def au_labeller(model: Any) -> Any:
-    """B's `ModelAuLabeller` when the model has a single-AU expression for every AU, else the fallback."""
-    from synth.facemodel.au_labels import ModelAuLabeller, single_au_expressions
-
-    try:
-        single_au_expressions(_numpy(model.expression_aus))
-    except ValueError:
-        log.info(
-            "the model lacks single-AU expressions for some AUs: AU labels via its catalogue expressions"
-        )
-        return CatalogueAuLabeller(model)
-    return ModelAuLabeller(model)
 
 
 # ----------------------------------------------------------------------------------------- stages
