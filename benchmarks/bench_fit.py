@@ -8,27 +8,16 @@ ratio, the mean per-vertex error of each (mm, both must be converged) and the ha
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
 import torch
+from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 from scipy.spatial.transform import Rotation
 
 from synth.facemodel.fitting import FitOptions, Similarity, fit_meshes, fit_model_from_face_model
 from synth.facemodel.metrics import per_vertex_error
 from synth.facemodel.model import FaceModel
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -58,7 +47,7 @@ def main() -> None:
     print(f"model: {args.model} ({model.n_vertices} vertices, w {model.rank_id}+{model.rank_ex}, "
           f"z {model.dim_z_id}+{model.dim_z_ex})")  # fmt: skip
     load = os.getloadavg()[0]
-    print(f"hardware: {_cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+    print(f"hardware: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), device {args.device}, load avg {load:.1f}")  # fmt: skip
     print(f"batched ({args.batch} meshes in one fit): {args.batch / t_batched:.3f} meshes/s, {err_b:.4f} mm")
     print(f"one mesh per fit:                   {args.batch / t_single:.3f} meshes/s, {err_s:.4f} mm")

@@ -626,6 +626,27 @@ def expression_meshes(
     return out
 
 
+def fill_variants(vertices: np.ndarray, ex: np.ndarray, catalogue: Catalogue, topo: Topology) -> None:
+    """Fill the mirrored and symmetrised variants of interleaved identities in place (paper 4.3).
+
+    vertices: (3 n, E, N, 3) float32 whose slots 0::3 hold the n base identities in the catalogue
+    expressions `ex` (E indices, closed under left/right mirroring). Slot 3i+1 becomes the mirrored
+    identity (in expression e: the mirror image of the base in e's left/right swap), slot 3i+2 the
+    symmetrised one (the mean of the two).
+    """
+    position = {int(c): j for j, c in enumerate(ex)}
+    mirror_ex = np.array([position[int(catalogue.expression_mirror[c])] for c in ex])
+    for i in range(vertices.shape[0] // 3):
+        base = vertices[3 * i]
+        vertices[3 * i + 1] = mirror_vertices(base[mirror_ex], topo.symmetry)
+        vertices[3 * i + 2] = 0.5 * (base + vertices[3 * i + 1])
+
+
+def variant_ids(base_ids: list[str]) -> list[str]:
+    """The identity ids of `fill_variants`' layout: "anny-0007", "anny-0007-mirror", "anny-0007-sym", ..."""
+    return [f"{b}{suffix}" for b in base_ids for suffix in ("", "-mirror", "-sym")]
+
+
 def build_anny_tensor(config: AnnySourceConfig, seed: int, progress: bool = True) -> FaceTensor:
     """The BabyFlow data tensor from Anny infants (paper 4.3): n_id identities (x3 with the mirrored and
     symmetrised variants) in the configured catalogue expressions at intensity delta.
@@ -647,14 +668,8 @@ def build_anny_tensor(config: AnnySourceConfig, seed: int, progress: bool = True
         # Base identities fill every third slot; the variants are derived in place (one copy in memory).
         vertices = np.empty((3 * n, n_ex, n_vert, 3), dtype=np.float32)
         expression_meshes(params, actions, config.batch_size, progress, out=vertices[0::3])
-        # Mirrored identity in expression e = mirror image of the base in the mirror expression e'.
-        position = {int(c): j for j, c in enumerate(ex)}
-        mirror_ex = np.array([position[int(catalogue.expression_mirror[c])] for c in ex])
-        for i in range(n):
-            base = vertices[3 * i]
-            vertices[3 * i + 1] = mirror_vertices(base[mirror_ex], topo.symmetry)
-            vertices[3 * i + 2] = 0.5 * (base + vertices[3 * i + 1])
-        names = [f"{b}{suffix}" for b in names for suffix in ("", "-mirror", "-sym")]
+        fill_variants(vertices, ex, catalogue, topo)
+        names = variant_ids(names)
     else:
         vertices = expression_meshes(params, actions, config.batch_size, progress)
 

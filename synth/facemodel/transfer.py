@@ -39,10 +39,11 @@ from synth.facemodel.anny_source import (
     IdentityParams,
     anny_topology,
     facial_action_bases,
-    mirror_vertices,
+    fill_variants,
     neutral_meshes,
     sample_identities,
     selected_expressions,
+    variant_ids,
     years_to_anny_age,
 )
 from synth.facemodel.correspondence import (
@@ -257,14 +258,10 @@ def build_transfer_tensor(
     base = transfer_catalogue(neutral, adults, mapping, actions, source_config.delta, rotation)
     names = [f"anny-{i:04d}" for i in range(len(params))]
     if source_config.variants:
-        position = {int(c): j for j, c in enumerate(ex)}
-        mirror_ex = np.array([position[int(catalogue.expression_mirror[c])] for c in ex])
         vertices = np.empty((3 * len(params), *base.shape[1:]), dtype=np.float32)
-        for i in range(len(params)):
-            vertices[3 * i] = base[i]
-            vertices[3 * i + 1] = mirror_vertices(base[i][mirror_ex], topo.symmetry)
-            vertices[3 * i + 2] = 0.5 * (vertices[3 * i] + vertices[3 * i + 1])
-        names = [f"{b}{suffix}" for b in names for suffix in ("", "-mirror", "-sym")]
+        vertices[0::3] = base
+        fill_variants(vertices, ex, catalogue, topo)
+        names = variant_ids(names)
     else:
         vertices = base
     return FaceTensor(
