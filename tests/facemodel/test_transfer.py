@@ -6,6 +6,7 @@ from synth.facemodel.anny_source import (
     AnnySourceConfig,
     anny_topology,
     facial_action_bases,
+    mirror_vertices,
     sample_identities,
 )
 from synth.facemodel.correspondence import compute_mapping
@@ -90,6 +91,22 @@ def test_transfer_tensor_from_a_decimated_adult_topology() -> None:
         displacement = np.linalg.norm(native - neutral[0], axis=1).mean()
         err = np.linalg.norm(tensor.vertices[0, j] - native, axis=1).mean()
         assert err < 0.35 * displacement, (name, err, displacement)
+
+
+def test_transfer_tensor_variants_mirror_and_symmetrise() -> None:
+    src = AnnySourceConfig(n_identities=1, expressions=["close_eye_left", "close_eye_right"], variants=True)
+    tensor = build_transfer_tensor(src, TransferConfig(kappa=1, reduction=0.6), seed=0, progress=False)
+    names = tensor.expression_names
+    assert tensor.identity_ids == ["anny-0000", "anny-0000-mirror", "anny-0000-sym"]
+    assert names == ["neutral", "close_eye_left", "close_eye_right"]
+    base, mirrored, sym = tensor.vertices
+    topo = anny_topology()
+    paired = topo.symmetry != np.arange(topo.symmetry.size)  # off the midline and with a partner
+    # the mirrored identity closing its left eye is the mirror image of the base closing its right eye
+    swap = [names.index(n) for n in ("neutral", "close_eye_right", "close_eye_left")]
+    np.testing.assert_allclose(mirrored, mirror_vertices(base[swap], topo.symmetry), atol=1e-6)
+    np.testing.assert_allclose(sym, 0.5 * (base + mirrored), atol=1e-6)
+    assert np.abs(mirrored[0][paired] - base[0][paired]).max() > 1e-5  # a real, asymmetric identity
 
 
 def test_validation_reports_three_settings() -> None:
