@@ -235,7 +235,12 @@ META_FIELDS: dict[str, tuple[bool, dict[str, Any], str]] = {
     "light": (False, {"type": "object"}, "light parameters of the shaded render (renderer-specific)"),
     "prompts": (False, _vector(None, "string"), "one diffusion prompt per RGB image (rgb_k <- prompts[k])"),
     "negative_prompt": (False, {"type": ["string", "null"]}, "diffusion negative prompt"),
-    "ethnicity": (False, {"type": ["string", "null"]}, "ethnicity token used in the prompt"),
+    "ethnicity": (False, {"type": ["string", "null"]}, "ethnicity token of the first RGB image's prompt"),
+    "ethnicities": (
+        False,
+        _vector(None, "string"),
+        "ethnicity token of each RGB image's prompt (rgb_k <- ethnicities[k]; they differ when sampled)",
+    ),
     "diffusion_seeds": (False, _vector(None, "integer"), "one diffusion seed per RGB image"),
     "phenotype": (
         False,
@@ -364,7 +369,8 @@ INDEX_COLUMNS: tuple[Column, ...] = (
     Column("width", pa.int32(), False, "conditioning-map width in pixels"),
     Column("height", pa.int32(), False, "conditioning-map height in pixels"),
     Column("prompts", pa.list_(pa.string()), False, "diffusion prompt per RGB image"),
-    Column("ethnicity", pa.string(), True, "ethnicity token of the prompt"),
+    Column("ethnicity", pa.string(), True, "ethnicity token of the first RGB image's prompt"),
+    Column("ethnicities", pa.list_(pa.string()), False, "ethnicity token per RGB image"),
     Column("diffusion_seeds", pa.list_(pa.int64()), False, "diffusion seed per RGB image"),
     Column("num_rgb", pa.int32(), False, "RGB images in the sample (K)"),
     Column(

@@ -244,6 +244,7 @@ def _index_row(meta: dict[str, Any], sample: Mapping[str, Any], shard: str, file
         "height": camera["height"],
         "prompts": list(meta.get("prompts", [])),
         "ethnicity": meta.get("ethnicity"),
+        "ethnicities": list(meta.get("ethnicities", [])),
         "diffusion_seeds": list(meta.get("diffusion_seeds", [])),
         "num_rgb": sum(1 for f in names if f.startswith("rgb")),
         "phenotype": [{"name": k, "value": float(v)} for k, v in sorted(meta.get("phenotype", {}).items())],

@@ -79,6 +79,8 @@ def test_end_to_end_with_tiny_diffusion_validates_and_loads(
     assert samples[0]["rgb"].shape == (1, 64, 64, 3)
     assert samples[0]["meta"]["prompts"][0].startswith("Realistic frontal view portrait")
     index = read_index(out).to_pandas()
+    assert [list(e) for e in index["ethnicities"]] == [[e] for e in index["ethnicity"]]  # one image each
+    assert set(index["ethnicity"]) <= {"Black", "Chinese", "Indian", "Filipino", "White", "Hispanic"}
     # identity_sets: groups of 5 share one identity and one split; step 0 is the neutral twin.
     assert index.groupby("identity_id")["split"].nunique().max() == 1
     assert (index.set_index("index").loc[[0, 5, 10], "expression"] == "neutral").all()
