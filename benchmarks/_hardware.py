@@ -1,15 +1,13 @@
 """What every benchmark prints next to its figures: the CPU it ran on."""
 
 import platform
+from pathlib import Path
 
 
 def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo, or what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    """The CPU's marketing name from /proc/cpuinfo where there is one (Linux), or what `platform` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else ():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown CPU"
