@@ -4,7 +4,10 @@ task=files: fit each mesh file (model topology) and write its latents, reconstru
 and (neutralise=true) its neutralised mesh into `out`, with `fit.json`.
 task=reconstruction: held-out infants of the model's own prior, BabyFlow vs Gaussian prior vs the PCA
 baseline, per region, and neutralisation: `reconstruction.json` + `reconstruction.md`.
-task=keypoints: held-out samples fitted from their 2D landmarks under each prior: `keypoints.json` + `.md`.
+task=keypoints: held-out samples fitted from their 2D landmarks under each prior: `keypoints.json` + `.md`;
+with data=DIR the samples of that dataset, with keypoint_encoder=DIR also the LiP-Flow encoder's fits.
+task=train_keypoint_encoder data=DIR out=DIR [encoder.epochs=...]: train LiP-Flow's keypoint encoder on a
+dataset of the model: `keypoint_encoder.safetensors` + `keypoint_encoder.json` in `out`.
 """
 
 import json
@@ -81,7 +84,32 @@ def _task(config: FitConfig, raw: DictConfig) -> int:
         record["regions_vertices"] = {k: int(v.sum()) for k, v in regions.items()}
         name = "reconstruction"
         atomic_write_text(out / f"{name}.md", analysis.reconstruction_markdown(record["result"]))
+    elif config.task is FitTask.train_keypoint_encoder:
+        from synth.facemodel import keypoint_encoder as ke
+
+        data = ke.read_keypoint_data(config.data)
+        trained = ke.train_keypoint_encoder(data, model.model_id, config.encoder)
+        ke.save_keypoint_encoder(out, trained, config.encoder)
+        record["result"] = {"samples": trained.samples, "final_train_loss": trained.train_loss[-1],
+                            "final_val_loss": trained.val_loss[-1],
+                            "val_loss_mean_latent": trained.val_loss_mean_latent}  # fmt: skip
+        name = "train_keypoint_encoder"
+    elif config.data is not None:
+        from synth.facemodel import keypoint_encoder as ke
+
+        encoder = None
+        if config.keypoint_encoder:
+            encoder = ke.load_keypoint_encoder(config.keypoint_encoder, model.model_id)
+        data = ke.read_keypoint_data(config.data, limit=config.keypoint_samples, mesh=True)
+        record["result"] = ke.dataset_keypoint_experiment(model, data, encoder, config.fit, config.batch_size)
+        name = "keypoints"
+        atomic_write_text(out / f"{name}.md", analysis.keypoint_markdown(record["result"]))
     else:
+        if config.keypoint_encoder:
+            from synth.errors import SynthError
+
+            raise SynthError("keypoint_encoder: the encoder is evaluated on dataset samples; add data=DIR "
+                             "(a held-out dataset made by synth generate)")  # fmt: skip
         record["result"] = analysis.keypoint_experiment(
             model, config.keypoint_samples, config.seed, config.fit, config.batch_size
         )

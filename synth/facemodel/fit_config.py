@@ -6,6 +6,7 @@ from enum import Enum
 from synth.facemodel.baseline import TrainingMeshes
 from synth.facemodel.config import ModelConfig
 from synth.facemodel.fitting import FitOptions
+from synth.facemodel.keypoint_encoder import EncoderOptions
 
 
 class FitTask(Enum):
@@ -14,6 +15,7 @@ class FitTask(Enum):
     files = "files"  # fit (and neutralise) the mesh files in `inputs`
     reconstruction = "reconstruction"  # held-out infants: BabyFlow vs Gaussian prior vs PCA, neutralisation
     keypoints = "keypoints"  # held-out generated samples fitted from 2D landmarks under each prior
+    train_keypoint_encoder = "train_keypoint_encoder"  # LiP-Flow's keypoint encoder on a dataset (`data`)
 
 
 @dataclass
@@ -29,6 +31,10 @@ class FitConfig:
     random expressions of each held-out infant (0: all). baseline_meshes / baseline_variance: the PCA
     baseline's training meshes and kept variance. keypoint_samples: held-out samples for task=keypoints.
     seed: seed of the held-out samples and of the baseline's random expressions.
+    data: a `synth generate` dataset: the training set of task=train_keypoint_encoder, or for task=keypoints
+    the held-out samples (its first `keypoint_samples`) instead of fresh model samples.
+    keypoint_encoder: a trained encoder (directory) for task=keypoints: adds the encoder alone and the
+    encoder-initialised (LiP-Flow) fits. encoder: architecture and schedule of task=train_keypoint_encoder.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -45,10 +51,17 @@ class FitConfig:
     baseline_variance: float = 0.99
     keypoint_samples: int = 20
     seed: int = 12345
+    data: str | None = None
+    keypoint_encoder: str | None = None
+    encoder: EncoderOptions = field(default_factory=EncoderOptions)
 
     def __post_init__(self) -> None:
         if self.task is FitTask.files and not self.inputs:
             raise ValueError("task=files needs inputs=[a.ply,b.npy,...] (mesh files in the model's topology)")
+        if self.task is FitTask.train_keypoint_encoder and not self.data:
+            raise ValueError("task=train_keypoint_encoder needs data=DIR (a dataset made by synth generate)")
+        if self.keypoint_encoder and self.task is not FitTask.keypoints:
+            raise ValueError(f"keypoint_encoder is used by task=keypoints, not task={self.task.value}")
         if not 1 <= self.batch_size <= 4096:
             raise ValueError(f"batch_size={self.batch_size} must be in [1, 4096]")
         if self.held_out is not None and not 1 <= self.held_out <= 1000:

@@ -550,14 +550,16 @@ def fit_keypoints(
     landmarks: Callable[[Tensor], Tensor],
     options: FitOptions,
     weights: Tensor | None = None,
+    start: tuple[Tensor | None, Tensor | None] = (None, None),
 ) -> LatentFit:
     """Recover (z_id, z_ex) from 2D keypoints of known cameras (LiP-Flow eq. 10-12 with our priors).
 
     keypoints: (B, L, 2) pixels; cameras: B cameras (OpenCV convention, `synth.render.camera`);
     landmarks: vertices (B, N, 3) -> (B, L, 3), differentiable; weights: optional (B, L) visibility in
     [0, 1]. The mesh is in the world frame of the cameras (no alignment: the pose is part of the camera).
-    Initialised at the mean identity and neutral expression (and, with the flow prior and `warm_start`,
-    refined from a Gaussian-prior fit).
+    Initialised at `start` (optional (w_id, w_ex), (B, K) each, e.g. a keypoint encoder's prediction), else
+    at the mean identity and neutral expression (and, with the flow prior and `warm_start`, refined from a
+    Gaussian-prior fit).
     """
     if keypoints.ndim != 3 or keypoints.shape[-1] != 2:
         raise ValueError(f"keypoints must be (B, L, 2) pixels, got {tuple(keypoints.shape)}")
@@ -567,8 +569,7 @@ def fit_keypoints(
         px = cameras.project(landmarks(pred))[..., :2]  # (B, L, 2)
         return ((px - keypoints).square().sum(-1) * wts).sum(-1) / wts.sum(-1).clamp_min(1.0)  # (B,) px^2
 
-    start = (None, None)
-    if options.prior is Prior.flow and options.warm_start:
+    if options.prior is Prior.flow and options.warm_start and start == (None, None):
         warm = fit_keypoints(
             model, keypoints, cameras, landmarks, dataclasses.replace(options, prior=Prior.gaussian), weights
         )
