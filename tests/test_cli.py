@@ -2,10 +2,13 @@
 
 import subprocess
 import sys
+from enum import Enum
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from synth.cli import main as synth_main
 from synth.cli._hydra import compose_config
@@ -27,10 +30,39 @@ def test_every_group_has_presets() -> None:
     assert len(_presets()) >= 14
 
 
+def _plain(value: Any) -> Any:
+    """A dataclass field's value as YAML writes it (enum members by name, as OmegaConf reads them)."""
+    if isinstance(value, Enum):
+        return value.name
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _leaves(node: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
 @pytest.mark.parametrize(("group", "name"), _presets(), ids=lambda x: str(x))
-def test_every_preset_composes(group: str, name: str) -> None:
+def test_every_preset_composes_and_its_values_reach_the_dataclass(group: str, name: str) -> None:
     cfg = compose_config("generate", [f"{group}={name}", *REQUIRED.get((group, name), [])])
     assert isinstance(cfg, GenerateConfig)
+    preset = yaml.safe_load((CONF / group / f"{name}.yaml").read_text())
+    for key, value in _leaves(preset):
+        if value == "???":  # mandatory, given by REQUIRED
+            continue
+        got = getattr(cfg, group)
+        for part in key.split("."):
+            got = getattr(got, part)
+        assert _plain(got) == value, f"{group}={name}: {key} is {got!r}, the preset says {value!r}"
 
 
 def test_defaults_are_the_documented_local_run() -> None:
