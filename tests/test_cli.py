@@ -187,24 +187,3 @@ def test_report_commands_refuse_a_missing_out_directory_before_any_work(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--out=docs/" in err[0], err
     assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize(
-    ("args", "needle"),
-    [
-        (["preview", ".", "-o", "no/p.png"], "directory no does not exist"),
-        (["model-report", ".", "--out", "no"], "--out=no"),
-    ],
-    ids=lambda x: x[0] if isinstance(x, list) else "",
-)
-def test_output_paths_in_missing_directories_are_refused_up_front(
-    args: list[str],
-    needle: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture,
-) -> None:
-    assert _run_cli(args, monkeypatch, tmp_path) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and needle in err[0], err
-    assert list(tmp_path.iterdir()) == []

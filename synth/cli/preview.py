@@ -21,8 +21,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SynthError(f"{args.dataset_dir} is not a directory; give a synth dataset directory")
     if not 1 <= args.num <= 256:
         raise SynthError(f"-n {args.num} must be in [1, 256]")
-    if args.out is not None and not args.out.parent.is_dir():
-        raise SynthError(f"-o {args.out}: directory {args.out.parent} does not exist; create it first")
     from synth.pipeline.preview import write_preview
 
     out = write_preview(args.dataset_dir, args.out or args.dataset_dir / "preview.png", args.num)
