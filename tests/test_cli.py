@@ -173,17 +173,3 @@ def test_preview_cli_refuses_what_is_not_a_dataset(
     assert _run_cli(["preview", str(tmp_path / "empty")], monkeypatch, tmp_path) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not a directory" in err[0] and "no samples found" in err[1], err
-
-
-@pytest.mark.parametrize("command", [["transfer", "validate"], ["au", "evaluate"]], ids=" ".join)
-def test_report_commands_refuse_a_missing_out_directory_before_any_work(
-    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
-    assert _run_cli([*command, "--out", str(tmp_path / "no" / "report.md")], monkeypatch, tmp_path) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{tmp_path / 'no'} does not exist" in err[0], err
-    # The default (docs/...) is relative to the working directory: outside the repository it is refused too.
-    assert _run_cli(command, monkeypatch, tmp_path) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--out=docs/" in err[0], err
-    assert list(tmp_path.iterdir()) == []

@@ -57,11 +57,6 @@ def main() -> int:
         raise SynthError("--train and --test must be >= 1 and --mixtures >= 0")
     if not 0.0 < args.threshold < 1.0:
         raise SynthError(f"--threshold={args.threshold} must be in (0, 1)")
-    if not args.out.parent.is_dir():  # fail now, not after minutes of computation
-        raise SynthError(
-            f"--out={args.out}: directory {args.out.parent} does not exist (the default is relative to the "
-            "repository root); create it or pass --out FILE in an existing directory"
-        )
 
     from synth.facemodel.anny_source import AnnyPriorConfig, anny_topology, neutral_meshes, sample_identities
     from synth.facemodel.au_detector import anny_au_set, build_patches, evaluate_au_labelling

@@ -44,11 +44,6 @@ def main() -> int:
     args = parser.parse_args()
     if args.infants < 1:
         raise SynthError(f"--infants={args.infants} must be >= 1")
-    if not args.out.parent.is_dir():  # fail now, not after minutes of computation
-        raise SynthError(
-            f"--out={args.out}: directory {args.out.parent} does not exist (the default is relative to the "
-            "repository root); create it or pass --out FILE in an existing directory"
-        )
 
     from synth.facemodel.anny_source import AnnyPriorConfig
     from synth.facemodel.expressions import load_catalogue
