@@ -88,11 +88,13 @@ def _task(config: FitConfig, raw: DictConfig) -> int:
         from synth.facemodel import keypoint_encoder as ke
 
         data = ke.read_keypoint_data(config.data)
-        trained = ke.train_keypoint_encoder(data, model.model_id, config.encoder)
+        fm = fitting.fit_model_from_face_model(model)
+        trained = ke.train_keypoint_encoder(data, model.model_id, config.encoder, fm)
         ke.save_keypoint_encoder(out, trained, config.encoder)
         record["result"] = {"samples": trained.samples, "final_train_loss": trained.train_loss[-1],
                             "final_val_loss": trained.val_loss[-1],
-                            "val_loss_mean_latent": trained.val_loss_mean_latent}  # fmt: skip
+                            "val_loss_mean_latent": trained.val_loss_mean_latent,
+                            "best_epoch": trained.best_epoch}  # fmt: skip
         name = "train_keypoint_encoder"
     elif config.data is not None:
         from synth.facemodel import keypoint_encoder as ke

@@ -4,9 +4,11 @@ LiP-Flow (Aksan et al. 2022, Sec. 3.2-3.3, supp. F.2) drives a face model from s
 KPT-encoder that predicts a Gaussian N(mu, sigma) in the latent space of a normalizing flow; at inference
 time the latent code starts at mu and is optimised under the data term plus the likelihood of that
 conditional prior. Our flows already map the bilinear codes w to z ~ N(0, I), so the encoder here is a
-small MLP from (landmarks in normalised camera coordinates, visibility, camera pose) to (z_id, z_ex) means;
-sigma is the per-dimension RMS residual on the dataset's identity-disjoint `val` split (homoscedastic:
-with a few thousand samples a per-sample variance head overfits, and the fit needs only the scale).
+small MLP from (landmarks in normalised camera coordinates, visibility, camera pose) to (z_id, z_ex) means,
+trained on the squared z error plus the squared vertex error of the decoded prediction (LiP-Flow's
+reconstruction signal, through the frozen flows and bilinear decoder; `train_keypoint_encoder`). sigma is
+the per-dimension RMS residual on the dataset's identity-disjoint `val` split (homoscedastic: with a few
+thousand samples a per-sample variance head overfits, and the fit needs only the scale).
 
 The conditional prior replaces the flow's standard-normal base by N(mu, sigma^2):
 -log p(w | keypoints) = -log N(f(w); mu, sigma) - log|det df/dw| = nll_w(w) + 0.5 |(z - mu) / sigma|^2
@@ -56,15 +58,17 @@ class EncoderOptions:
 
     hidden / layers: width and number of hidden layers of the MLP (LiP-Flow's KPT-encoder: 512-wide residual
     blocks on 136 keypoints; 23 landmarks need less). epochs, batch_size, lr, weight_decay: AdamW schedule
-    (cosine decay to 0). seed: weight init and batch order.
+    (cosine decay to 0; the epoch of lowest val loss is kept). vertex_weight: weight of the decoded mesh's
+    squared error (mm^2) against the z error in the loss (0: z only). seed: weight init and batch order.
     """
 
     hidden: int = 256
     layers: int = 3
-    epochs: int = 200
+    epochs: int = 60
     batch_size: int = 64
     lr: float = 1e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-2
+    vertex_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -78,8 +82,9 @@ class EncoderOptions:
                 raise ValueError(f"encoder.{key}={getattr(self, key)} must be in [{low}, {high}]")
         if not 0.0 < self.lr <= 1.0:
             raise ValueError(f"encoder.lr={self.lr} must be in (0, 1]")
-        if self.weight_decay < 0:
-            raise ValueError(f"encoder.weight_decay={self.weight_decay} must be >= 0")
+        for key in ("weight_decay", "vertex_weight"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"encoder.{key}={getattr(self, key)} must be >= 0")
         if self.seed < 0:
             raise ValueError(f"encoder.seed={self.seed} must be >= 0")
 
@@ -247,6 +252,7 @@ class TrainResult:
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_loss_mean_latent: float = float("nan")
+    best_epoch: int = -1
     model_id: str = ""
     samples: dict[str, int] = field(default_factory=dict)
 
@@ -257,11 +263,18 @@ def latent_mse(encoder: KeypointEncoder, data: KeypointData) -> float:
     return float(torch.cat([z_id - data.z_id, z_ex - data.z_ex], -1).square().mean())
 
 
-def train_keypoint_encoder(data: KeypointData, model_id: str, options: EncoderOptions) -> TrainResult:
-    """Train an encoder on the `train` split of `data` (all samples of model `model_id`), MSE in z.
+def train_keypoint_encoder(
+    data: KeypointData, model_id: str, options: EncoderOptions, model: FitModel | None = None
+) -> TrainResult:
+    """Train an encoder on the `train` split of `data` (all samples of model `model_id`).
 
-    The `val` split (identity-disjoint) gives the per-epoch val loss and the prior's sigma; without a
-    `val` split the training residuals do. Deterministic for a given `options.seed` on CPU.
+    Loss: mean squared error of (z_id, z_ex), plus, with `model` and `options.vertex_weight` > 0, that
+    weight times the mean squared vertex error (mm^2) of the decoded prediction (LiP-Flow's reconstruction
+    signal through the frozen flows and decoder): z is whitened, so a z-only loss spends the net's capacity
+    equally on directions the 23 landmarks cannot see and on those that move the face most.
+    The `val` split (identity-disjoint) gives the per-epoch val loss, picks the kept epoch (the lowest val
+    loss) and the prior's sigma; without a `val` split the training samples do. Deterministic for a given
+    `options.seed` on CPU.
     """
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -271,18 +284,31 @@ def train_keypoint_encoder(data: KeypointData, model_id: str, options: EncoderOp
             f"data: samples were made by face model(s) {wrong}, not {model_id}; "
             "train the encoder for the model that made the dataset (model.path=...)"
         )
-    train_rows = torch.tensor([s == "train" for s in data.split])
-    if int(train_rows.sum()) < 2:
-        raise SynthError(f"data: {int(train_rows.sum())} train-split samples; generate more (num_samples)")
-    train = data.subset(train_rows.nonzero()[:, 0])
-    val = data.subset((~train_rows).nonzero()[:, 0]) if int((~train_rows).sum()) else train
-    val = (
-        val.subset(torch.tensor([s == "val" for s in val.split]).nonzero()[:, 0]) if val is not train else val
-    )
-    if len(val) == 0:
-        val = train
-    feats = keypoint_features(train.lmk2d, train.cameras)  # (S, F)
-    target = torch.cat([train.z_id, train.z_ex], -1)  # (S, D)
+    is_train = torch.tensor([s == "train" for s in data.split])
+    if int(is_train.sum()) < 2:
+        raise SynthError(f"data: {int(is_train.sum())} train-split samples; generate more (num_samples)")
+    train = data.subset(is_train.nonzero()[:, 0])
+    is_val = torch.tensor([s == "val" for s in data.split])
+    val = data.subset(is_val.nonzero()[:, 0]) if bool(is_val.any()) else train
+    use_verts = model is not None and options.vertex_weight > 0
+
+    def tensors(d: KeypointData) -> list[Tensor]:
+        out = [keypoint_features(d.lmk2d, d.cameras), torch.cat([d.z_id, d.z_ex], -1)]  # (S, F), (S, D)
+        if use_verts:
+            with torch.no_grad():
+                out.append(model.decode(d.w_id, d.w_ex))  # (S, N, 3) metres
+        return out
+
+    def loss_fn(pred: Tensor, z: Tensor, verts: Tensor | None = None) -> Tensor:
+        loss = (pred - z).square().mean()
+        if verts is not None:
+            d_id = train.z_id.shape[1]
+            recon = model.decode(model.identity.to_w(pred[:, :d_id]), model.expression.to_w(pred[:, d_id:]))
+            loss = loss + options.vertex_weight * (recon - verts).square().sum(-1).mean() * 1e6  # mm^2
+        return loss
+
+    train_t, val_t = tensors(train), tensors(val)
+    feats = train_t[0]
     gen = torch.Generator().manual_seed(options.seed)
     encoder = KeypointEncoder(
         feats.shape[1], train.z_id.shape[1], train.z_ex.shape[1], options.hidden, options.layers
@@ -294,7 +320,7 @@ def train_keypoint_encoder(data: KeypointData, model_id: str, options: EncoderOp
     std = feats.std(0)
     encoder.feature_std.copy_(torch.where(std < 1e-4, torch.ones_like(std), std))
     loader = DataLoader(
-        TensorDataset(feats, target),
+        TensorDataset(*train_t),
         batch_size=options.batch_size,
         shuffle=True,
         generator=gen,
@@ -302,15 +328,16 @@ def train_keypoint_encoder(data: KeypointData, model_id: str, options: EncoderOp
     )
     opt = torch.optim.AdamW(encoder.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=options.epochs * len(loader))
-    val_feats = keypoint_features(val.lmk2d, val.cameras)
-    val_target = torch.cat([val.z_id, val.z_ex], -1)
     result = TrainResult(encoder, model_id=model_id, samples={"train": len(train), "val": len(val)})
-    result.val_loss_mean_latent = float((val_target - target.mean(0)).square().mean())
+    with torch.no_grad():
+        mean_latent = train_t[1].mean(0).expand_as(val_t[1])
+        result.val_loss_mean_latent = float(loss_fn(mean_latent, *val_t[1:]))
+    best: tuple[float, dict[str, Tensor]] = (float("inf"), {})
     for epoch in range(options.epochs):
         encoder.train()
         total, n = 0.0, 0
-        for x, y in loader:
-            loss = (torch.cat(encoder(x), -1) - y).square().mean()
+        for x, *y in loader:
+            loss = loss_fn(torch.cat(encoder(x), -1), *y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -318,9 +345,11 @@ def train_keypoint_encoder(data: KeypointData, model_id: str, options: EncoderOp
             total, n = total + loss.item() * len(x), n + len(x)
         encoder.eval()
         with torch.no_grad():
-            val_loss = float((torch.cat(encoder(val_feats), -1) - val_target).square().mean())
+            val_loss = float(loss_fn(torch.cat(encoder(val_t[0]), -1), *val_t[1:]))
         result.train_loss.append(total / n)
         result.val_loss.append(val_loss)
+        if val_loss < best[0]:
+            best = (val_loss, {k: v.clone() for k, v in encoder.state_dict().items()})
         if epoch % max(1, options.epochs // 10) == 0 or epoch == options.epochs - 1:
             log.info(
                 "epoch %d: train %.4f, val %.4f (mean latent %.4f)",
@@ -329,6 +358,9 @@ def train_keypoint_encoder(data: KeypointData, model_id: str, options: EncoderOp
                 val_loss,
                 result.val_loss_mean_latent,
             )
+    encoder.load_state_dict(best[1])
+    result.best_epoch = result.val_loss.index(best[0])
+    val_feats, val_target = val_t[0], val_t[1]
     with torch.no_grad():
         rms = (torch.cat(encoder(val_feats), -1) - val_target).square().mean(0).sqrt().clamp_min(1e-3)
         encoder.sigma_id.copy_(rms[: encoder.dim_id])
@@ -354,6 +386,7 @@ def save_keypoint_encoder(out_dir: str | Path, result: TrainResult, options: Enc
         "train_loss": result.train_loss,
         "val_loss": result.val_loss,
         "val_loss_mean_latent": result.val_loss_mean_latent,
+        "best_epoch": result.best_epoch,
     }
     atomic_write_text(out / CONFIG_FILE, json.dumps(record, indent=1) + "\n")
     return out
