@@ -28,6 +28,7 @@ import itertools
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ from torch import Tensor, nn
 
 from synth.atomic import atomic_write_bytes, atomic_write_text
 from synth.errors import SynthError
-from synth.facemodel.fitting import FitModel, FitOptions, LatentFit, Prior, fit_keypoints
+from synth.facemodel.fitting import FitModel, FitOptions, LatentFactor, LatentFit, Prior, fit_keypoints
+from synth.facemodel.model import FaceModel
 from synth.render.camera import Cameras
 
 log = logging.getLogger(__name__)
@@ -446,7 +448,7 @@ def conditional_fit_model(
     inference-time prior). z_*: (B, D) means, sigma_*: (D,). Fits with this model must use the flow prior
     and keep the batch (rows of the fitted batch = rows of z_*)."""
 
-    def factor(f, mu: Tensor, sigma: Tensor):
+    def factor(f: LatentFactor, mu: Tensor, sigma: Tensor) -> LatentFactor:
         def nll_w(w: Tensor) -> Tensor:
             z = f.to_z(w)  # (B, D)
             s = sigma.to(z)
@@ -467,7 +469,7 @@ def fit_keypoints_lipflow(
     encoder: KeypointEncoder,
     lmk2d: Tensor,
     cameras: Cameras,
-    landmarks,
+    landmarks: Callable[[Tensor], Tensor],
     options: FitOptions,
     conditional: bool = True,
 ) -> LatentFit:
@@ -493,7 +495,7 @@ def fit_keypoints_lipflow(
 
 
 def dataset_keypoint_experiment(
-    face_model,
+    face_model: FaceModel,
     data: KeypointData,
     encoder: KeypointEncoder | None,
     options: FitOptions,
