@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import torch
-from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 
 from synth.facemodel.anny_source import (
     N_ACTIONS,
@@ -29,6 +28,7 @@ from synth.facemodel.anny_source import (
     sample_identities,
 )
 from synth.facemodel.expressions import load_catalogue
+from synth.hardware import cpu_model
 
 log = logging.getLogger("bench_anny_source")
 

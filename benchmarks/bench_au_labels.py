@@ -16,11 +16,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 
 from synth.facemodel.au_labels import ModelAuLabeller, au_intensities, single_au_expressions
 from synth.facemodel.bilinear import bilinear_decode
 from synth.facemodel.expressions import load_catalogue
+from synth.hardware import cpu_model
 
 
 def random_model(n_vertices: int, rank_id: int, seed: int) -> SimpleNamespace:

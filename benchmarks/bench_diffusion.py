@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
+
+from synth.hardware import cpu_model
 
 # Published configs (huggingface.co: stable-diffusion-v1-5/stable-diffusion-v1-5 unet/vae/text_encoder
 # config.json, lllyasviel/control_v11f1p_sd15_depth config.json), reduced to the keys that differ from

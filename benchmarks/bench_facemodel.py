@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 import torch
-from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 
 from synth.facemodel import FaceModel
 from synth.facemodel.bilinear import bilinear_decode
+from synth.hardware import cpu_model
 from synth.seeding import Stage, torch_generator
 
 CLI = [sys.executable, "-c", "import sys; from synth.cli import main; sys.exit(main())"]

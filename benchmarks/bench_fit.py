@@ -12,12 +12,12 @@ import time
 
 import numpy as np
 import torch
-from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 from scipy.spatial.transform import Rotation
 
 from synth.facemodel.fitting import FitOptions, Similarity, fit_meshes, fit_model_from_face_model
 from synth.facemodel.metrics import per_vertex_error
 from synth.facemodel.model import FaceModel
+from synth.hardware import cpu_model
 
 
 def main() -> None:

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import torch
-from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 
 from synth.cli._hydra import compose_config
+from synth.hardware import cpu_model
 from synth.pipeline.config import Executor
 from synth.pipeline.plan import shard_units
 from synth.pipeline.run import prepare

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 from torch.utils.data import DataLoader, Dataset
 
+from synth.hardware import cpu_model
 from synth.records import codecs, load_webdataset
 from synth.records.config import OutputConfig
 from synth.records.writer import write_dataset_files, write_manifest, write_shard

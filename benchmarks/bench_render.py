@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 import torch
-from _hardware import cpu_model  # benchmarks/_hardware.py (scripts run with benchmarks/ on sys.path)
 
+from synth.hardware import cpu_model
 from synth.render.camera import sample_cameras, sample_lights
 from synth.render.config import RasterBackend, RenderConfig
 from synth.render.maps import render_maps

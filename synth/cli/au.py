@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from synth.atomic import atomic_write_text
-from synth.cli.transfer import _cpu
 from synth.errors import SynthError
+from synth.hardware import cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def main() -> int:
         test=args.test,
         threshold=args.threshold,
         seconds=seconds,
-        machine=f"{_cpu()}, {os.cpu_count()} cores",
+        machine=f"{cpu_model()}, {os.cpu_count()} cores",
         mae=np.nanmean(mae),
         tables="\n".join(sections),
     )

@@ -11,24 +11,15 @@ different (decimated) topology. Default output: docs/expression-transfer.md.
 import argparse
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 from synth.atomic import atomic_write_text
 from synth.errors import SynthError
+from synth.hardware import cpu_model
 
 log = logging.getLogger(__name__)
-
-
-def _cpu() -> str:
-    """The CPU's name from /proc/cpuinfo where there is one (Linux), else what `platform` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else ():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:
@@ -67,7 +58,7 @@ def main() -> int:
         kappa=args.kappa,
         reduction=args.reduction,
         seconds=seconds,
-        machine=f"{_cpu()}, {os.cpu_count()} cores",
+        machine=f"{cpu_model()}, {os.cpu_count()} cores",
         table=errors_markdown(errors),
     )
     atomic_write_text(args.out, report)

@@ -69,15 +69,7 @@ def subset_expressions(tensor: FaceTensor, k: int, generator: np.random.Generato
         return tensor
     others = [e for e in range(tensor.n_expressions) if e != neutral]
     keep = [neutral, *sorted(generator.choice(others, size=k - 1, replace=False).tolist())]
-    return FaceTensor(
-        vertices=tensor.vertices[:, keep],
-        faces=tensor.faces,
-        expression_names=[tensor.expression_names[e] for e in keep],
-        au_names=tensor.au_names,
-        expression_aus=tensor.expression_aus[keep],
-        identity_ids=tensor.identity_ids,
-        source=tensor.source,
-    )
+    return tensor.select_expressions(keep)
 
 
 # ----------------------------------------------------------------------------------------------------

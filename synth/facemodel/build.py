@@ -209,14 +209,8 @@ def select_expressions(tensor: FaceTensor, names: list[str], key: str) -> FaceTe
     if unknown:
         raise SynthError(f"{key}: unknown expressions {unknown}; known: {', '.join(tensor.expression_names)}")
     keep = [i for i, n in enumerate(tensor.expression_names) if n in names or n == "neutral"]
-    return FaceTensor(
-        vertices=tensor.vertices[:, keep],
-        faces=tensor.faces,
-        expression_names=[tensor.expression_names[i] for i in keep],
-        au_names=tensor.au_names,
-        expression_aus=tensor.expression_aus[keep],
-        identity_ids=tensor.identity_ids,
-        source={**tensor.source, "expressions": [tensor.expression_names[i] for i in keep]},
+    return tensor.select_expressions(
+        keep, source={**tensor.source, "expressions": [tensor.expression_names[i] for i in keep]}
     )
 
 

@@ -52,6 +52,21 @@ class FaceTensor:
         if not np.isfinite(v).all():
             raise ValueError("FaceTensor.vertices contains NaN or inf")
 
+    def select_expressions(self, keep: list[int], source: dict[str, Any] | None = None) -> "FaceTensor":
+        """The tensor restricted to the expressions `keep` (indices, in the given order).
+
+        source: provenance of the result (default: this tensor's).
+        """
+        return FaceTensor(
+            vertices=self.vertices[:, keep],
+            faces=self.faces,
+            expression_names=[self.expression_names[e] for e in keep],
+            au_names=self.au_names,
+            expression_aus=self.expression_aus[keep],
+            identity_ids=self.identity_ids,
+            source=self.source if source is None else source,
+        )
+
     @property
     def n_identities(self) -> int:
         return self.vertices.shape[0]

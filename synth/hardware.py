@@ -1,4 +1,4 @@
-"""What every benchmark prints next to its figures: the CPU it ran on."""
+"""The CPU a figure was measured on: printed by every benchmark and written into generated reports."""
 
 import platform
 from pathlib import Path
