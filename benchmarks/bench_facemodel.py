@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,13 +40,16 @@ def per_sample_loop(model: FaceModel, n: int, seed: int) -> None:
             bilinear_decode(model.core, model.mean, w_id, w_ex)
 
 
-def timed(fn, repeat: int) -> float:
-    """Best wall time of `repeat` runs (s): on a shared machine the best run is the least disturbed."""
-    best = float("inf")
+def timed(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Best wall time (s) of each of `fns` over `repeat` rounds, the functions interleaved within a round
+    so that a neighbour's burst on a shared machine disturbs them alike; the best run is the least
+    disturbed."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
@@ -72,7 +76,7 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=256, help="meshes per batched call")
     parser.add_argument("--loop", type=int, default=64, help="meshes in the per-sample loop")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=7, help="interleaved rounds; best of each")
     parser.add_argument("--build", default=None, help="also time `synth build-model model=PRESET`")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -80,24 +84,35 @@ def main() -> None:
     model = FaceModel.load(args.model) if args.model else FaceModel.default()
     torch.set_grad_enabled(False)
     model.sample(8, seed=0)  # warm-up
-    batched = timed(lambda: model.sample(args.batch, seed=1), args.repeat)
-    looped = timed(lambda: per_sample_loop(model, args.loop, seed=1), args.repeat)
-    batched_rate, loop_rate = args.batch / batched, args.loop / looped
+    n_api = max(args.loop // 2, 1)
+    best = timed(
+        {
+            "batched": lambda: model.sample(args.batch, seed=1),
+            "loop": lambda: per_sample_loop(model, args.loop, seed=1),
+            "api": lambda: [model.sample_indices([i], seed=1) for i in range(n_api)],
+        },
+        args.repeat,
+    )
+    batched_rate, loop_rate, api_rate = (
+        args.batch / best["batched"],
+        args.loop / best["loop"],
+        n_api / best["api"],
+    )
 
     print(f"hardware: {cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(
         f"model: {model.model_id}, N={model.n_vertices}, w_id {model.rank_id}, w_ex {model.rank_ex}, "
         f"z_id {model.dim_z_id}, z_ex {model.dim_z_ex}"
     )
-    print(f"batched sample+decode: {batched_rate:9.1f} meshes/s  (batch {args.batch}, {batched:.3f} s)")
-    print(f"per-sample loop:       {loop_rate:9.1f} meshes/s  ({args.loop} meshes, {looped:.3f} s)")
+    print(
+        f"batched sample+decode: {batched_rate:9.1f} meshes/s  (batch {args.batch}, {best['batched']:.3f} s)"
+    )
+    print(f"per-sample loop:       {loop_rate:9.1f} meshes/s  ({args.loop} meshes, {best['loop']:.3f} s)")
     print(f"ratio batched / loop:  {batched_rate / loop_rate:9.1f} x")
     # What a user gets calling the public API one sample at a time: each call pays for a whole fixed
-    # 64-row block (the price of batch-independent bytes), so this ratio is larger than the one above.
-    n_api = max(args.loop // 2, 1)
-    api = timed(lambda: [model.sample_indices([i], seed=1) for i in range(n_api)], args.repeat)
-    print(f"public API, one sample per call: {n_api / api:9.1f} meshes/s  ({n_api} calls, {api:.3f} s)")
-    print(f"ratio batched / public-API loop: {batched_rate * api / n_api:9.1f} x")
+    # BLOCK-row block (the price of batch-independent bytes), so this ratio is larger than the one above.
+    print(f"public API, one sample per call: {api_rate:9.1f} meshes/s  ({n_api} calls, {best['api']:.3f} s)")
+    print(f"ratio batched / public-API loop: {batched_rate / api_rate:9.1f} x")
     if args.build:
         build = bench_build(args.build)
         print(

@@ -24,9 +24,11 @@ from synth.facemodel.config import FlowConfig
 
 log = logging.getLogger(__name__)
 
-# Sampling pushes latents through the networks in GEMMs of exactly this many rows, so a sample's bytes do
-# not depend on the batch it came in (see `synth.facemodel.bilinear.bilinear_decode`).
-BLOCK = 64
+# Sampling pushes latents through the networks, and coefficients through the decoder, in GEMMs of exactly
+# this many rows, so a sample's bytes do not depend on the batch it came in (see
+# `synth.facemodel.bilinear.bilinear_decode`). 128 amortises the flows' per-call overhead and the
+# decoder's GEMM set-up (256 samples: 44 ms vs 53 ms at 64 on 2 cores) at ~20 ms for a single sample.
+BLOCK = 128
 
 
 @contextlib.contextmanager
@@ -125,14 +127,14 @@ class LatentFlow(nn.Module):
     def to_z(self, w: Tensor, block: int | None = None) -> Tensor:
         """w (B, K) -> z (B, D), f of eq. 10."""
         with single_thread():
-            x = w.to(self.pca_mean.dtype)
-            return _blocked(lambda x: self.flow().transform(self.whiten(x)), x, block).to(w.dtype)
+            transform = self.flow().transform  # built once per call, not per block
+            return _blocked(lambda x: transform(self.whiten(x)), w.to(self.pca_mean.dtype), block).to(w.dtype)
 
     def to_w(self, z: Tensor, block: int | None = None) -> Tensor:
         """z (B, D) -> w (B, K), the exact inverse f^-1 (eq. 15)."""
         with single_thread():
-            x = z.to(self.pca_mean.dtype)
-            return _blocked(lambda x: self.unwhiten(self.flow().transform.inv(x)), x, block).to(z.dtype)
+            inverse = self.flow().transform.inv
+            return _blocked(lambda x: self.unwhiten(inverse(x)), z.to(self.pca_mean.dtype), block).to(z.dtype)
 
     def log_prob(self, w: Tensor) -> Tensor:
         """log p_W(w) (B,) of the PCA coordinates of w (eq. 10), whitening Jacobian included."""

@@ -88,6 +88,8 @@ class FaceModel:
         self.info = info
         self._check()
         self._model_id: str | None = None
+        self._packed: Tensor | None = None  # `bilinear.pack_core(core, BLOCK)`, made on the first decode
+        self._packed_for: Tensor | None = None
 
     def _check(self) -> None:
         n3, r_id, r_ex = self.core.shape
@@ -170,7 +172,10 @@ class FaceModel:
     # -------------------------------------------------------------------------------------- maths
     def decode(self, w_id: Tensor, w_ex: Tensor) -> Tensor:
         """w_id (B, I), w_ex (B, E) -> vertices (B, N, 3) metres (eq. 9)."""
-        return bilinear.bilinear_decode(self.core, self.mean, w_id.to(self.core), w_ex.to(self.core), BLOCK)
+        if self._packed_for is not self.core:  # pack once per core tensor (again after `to`)
+            self._packed, self._packed_for = bilinear.pack_core(self.core, BLOCK), self.core
+        w_id, w_ex = w_id.to(self.core), w_ex.to(self.core)
+        return bilinear.bilinear_decode(self.core, self.mean, w_id, w_ex, BLOCK, self._packed)
 
     def landmarks(self, vertices: Tensor) -> Tensor:
         """The 23 BabyFlow landmarks (B, 23, 3) of meshes (B, N, 3) of this model's topology (see
@@ -244,12 +249,12 @@ class FaceModel:
         indices = [int(i) for i in indices]
         if not 0.0 < temperature <= 10.0:
             raise SynthError(f"temperature={temperature} must be in (0, 10]")
-        z_id = torch.empty(len(indices), self.dim_z_id)
-        z_ex = torch.empty(len(indices), self.dim_z_ex)
+        d_id, d_ex = self.dim_z_id, self.dim_z_ex
+        z_id, z_ex = torch.empty(len(indices), d_id), torch.empty(len(indices), d_ex)
         for row, index in enumerate(indices):
             gen = torch_generator(seed, index, Stage.LATENT)
-            z_id[row] = torch.randn(self.dim_z_id, generator=gen)
-            z_ex[row] = torch.randn(self.dim_z_ex, generator=gen)
+            z_id[row] = torch.randn(d_id, generator=gen)
+            z_ex[row] = torch.randn(d_ex, generator=gen)
         z_id, z_ex = z_id * temperature, z_ex * temperature
         if truncation is not None:
             z_id, z_ex = truncate(z_id, truncation), truncate(z_ex, truncation)

@@ -27,16 +27,17 @@ import numpy as np
 import torch
 
 from synth.facemodel.au_labels import au_labeller
+from synth.facemodel.flows import BLOCK
 from synth.pipeline.config import GenerateConfig
 from synth.pipeline.plan import ShardUnit
 from synth.pipeline.samplers import LatentSpace, Sampler, assign_splits
 
 log = logging.getLogger(__name__)
 
-LATENT_BLOCK = 64
-"""Global indices are evaluated by the face model in aligned blocks of this many (see module doc). It
-matches the flows' own block (`synth.facemodel.flows.BLOCK`); shards of a multiple of it (the default 64)
-compute each block once."""
+LATENT_BLOCK = BLOCK
+"""Global indices are evaluated by the face model in aligned blocks of this many (see module doc), the
+model's own block (`synth.facemodel.flows.BLOCK`). Shards whose size is a multiple of it compute each block
+once; smaller shards (the default 64) each compute the block they share, a few ms of geometry per shard."""
 
 Batch = dict[str, Any]
 

@@ -95,15 +95,52 @@ def test_decode_is_linear_in_w_id_for_fixed_w_ex(a: float, b: float, seed: int) 
     assert torch.allclose(f(a * w1 + b * w2), a * f(w1) + b * f(w2), atol=1e-12)
 
 
+def _packed(block: int, packed: bool) -> torch.Tensor | None:
+    if not packed:
+        return None
+    core = bilinear.pack_core(FULL.core, block)
+    # the packed path must exist wherever PyTorch has MKL (our CI), or these tests would test nothing
+    assert core is not None or not torch.backends.mkl.is_available()
+    return core
+
+
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("block", [1, 4, 64])
-def test_blocked_decode_bytes_do_not_depend_on_the_batch(block: int) -> None:
+def test_blocked_decode_bytes_do_not_depend_on_the_batch(block: int, packed: bool) -> None:
     g = torch.Generator().manual_seed(0)
     w_id, w_ex = torch.randn(37, FULL.rank_id, generator=g), torch.randn(37, FULL.rank_ex, generator=g)
-    full = bilinear.bilinear_decode(FULL.core, FULL.mean, w_id, w_ex, block)
+    pack = _packed(block, packed)
+    full = bilinear.bilinear_decode(FULL.core, FULL.mean, w_id, w_ex, block, pack)
     for rows in ([5], [0, 36], list(range(3, 20))):
-        part = bilinear.bilinear_decode(FULL.core, FULL.mean, w_id[rows], w_ex[rows], block)
+        part = bilinear.bilinear_decode(FULL.core, FULL.mean, w_id[rows], w_ex[rows], block, pack)
         assert torch.equal(part, full[rows])
     assert torch.allclose(full, bilinear.bilinear_decode(FULL.core, FULL.mean, w_id, w_ex), atol=1e-7)
+
+
+def test_packed_decode_bytes_do_not_depend_on_the_thread_count() -> None:
+    g = torch.Generator().manual_seed(1)
+    w_id, w_ex = torch.randn(40, FULL.rank_id, generator=g), torch.randn(40, FULL.rank_ex, generator=g)
+    pack = _packed(16, True)
+    threads = torch.get_num_threads()
+    out = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out.append(bilinear.bilinear_decode(FULL.core, FULL.mean, w_id, w_ex, 16, pack))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out[0], out[1])
+
+
+def test_packed_decode_falls_back_to_the_differentiable_gemm_under_autograd() -> None:
+    g = torch.Generator().manual_seed(2)
+    w_id = torch.randn(3, FULL.rank_id, generator=g, requires_grad=True)
+    w_ex = torch.randn(3, FULL.rank_ex, generator=g)
+    out = bilinear.bilinear_decode(FULL.core, FULL.mean, w_id, w_ex, 8, _packed(8, True))
+    (grad,) = torch.autograd.grad(out.sum(), w_id)
+    # d/dw_id of sum over all coordinates of C(w_id, w_ex): sum_v C[v, i, e] w_ex[e]
+    expected = torch.einsum("vie,be->bi", FULL.core, w_ex)
+    assert torch.allclose(grad, expected, rtol=1e-5, atol=1e-7)
 
 
 def test_fit_identity_recovers_the_training_rows() -> None:
