@@ -4,7 +4,8 @@
 
 Anny infants (A1's prior) in the catalogue expressions and in random AU mixtures at random intensities;
 the SVMs train on `--train` identities, both methods (NNLS intensities thresholded, SVMs) are scored on
-`--test` held-out identities. Default output: docs/au-labels.md.
+`--test` held-out identities. Default output: au-labels.md in the working
+directory; docs/au-labels.md is this report, made with `--out docs/au-labels.md`.
 """
 
 import argparse
@@ -51,7 +52,9 @@ def main() -> int:
     ev.add_argument("--seed", type=int, default=0, help="identity / mixture seed (default 0)")
     ev.add_argument("--threshold", type=float, default=0.1, help="NNLS intensity counted as present (0.1)")
     ev.add_argument("--patch-size", type=int, default=150, help="vertices per landmark patch (default 150)")
-    ev.add_argument("--out", type=Path, default=Path("docs/au-labels.md"), help="Markdown report")
+    ev.add_argument(
+        "--out", type=Path, default=Path("au-labels.md"), help="Markdown report (default: au-labels.md)"
+    )
     args = parser.parse_args()
     if args.train < 1 or args.test < 1 or args.mixtures < 0:
         raise SynthError("--train and --test must be >= 1 and --mixtures >= 0")

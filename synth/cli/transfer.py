@@ -5,7 +5,8 @@
 For each of the 76 catalogue expressions: per-vertex error (mm, mean and 95th percentile over held-out
 infants and all vertices) between the expression transferred from adult Anny heads and Anny's own infant
 result for the same facial actions, for the same topology (known / computed correspondence) and a
-different (decimated) topology. Default output: docs/expression-transfer.md.
+different (decimated) topology. Default output: expression-transfer.md in the working
+directory; docs/expression-transfer.md is this report, made with `--out docs/expression-transfer.md`.
 """
 
 import argparse
@@ -31,7 +32,12 @@ def main() -> int:
     val.add_argument("--reduction", type=float, default=0.5, help="decimation of the adult topology (0.5)")
     val.add_argument("--seed", type=int, default=0, help="identity seed (default 0)")
     val.add_argument("--expressions", nargs="*", help="catalogue names (default: all 76)")
-    val.add_argument("--out", type=Path, default=Path("docs/expression-transfer.md"), help="Markdown report")
+    val.add_argument(
+        "--out",
+        type=Path,
+        default=Path("expression-transfer.md"),
+        help="Markdown report (default: expression-transfer.md)",
+    )
     args = parser.parse_args()
     if args.infants < 1:
         raise SynthError(f"--infants={args.infants} must be >= 1")

@@ -115,8 +115,16 @@ class LatentFlow(nn.Module):
         )  # fmt: skip
 
     def whiten(self, w: Tensor) -> Tensor:
-        """w (B, K) -> u (B, D) whitened PCA coordinates."""
-        return (w - self.pca_mean) @ self.pca_basis.T / self.pca_std
+        """w (B, K) -> u (B, D) whitened PCA coordinates (in float64 exactly the inverse of `unwhiten`)."""
+        coords = (w - self.pca_mean) @ self.pca_basis.T  # (B, D)
+        if coords.dtype == torch.float64:
+            # The basis is stored in float32, orthonormal only to ~5e-8: the plain projection would leave
+            # whiten(unwhiten(u)) off by ~2e-7, which the trained expression flow amplifies to ~1e-5 in z.
+            # Least-squares coordinates (B B^T)^-1 B w undo `unwhiten` to round-off. Training runs in
+            # float32, where the two agree to rounding; it keeps the projection so builds stay bit-stable.
+            gram = self.pca_basis @ self.pca_basis.T  # (D, D)
+            coords = torch.linalg.solve(gram, coords.T).T
+        return coords / self.pca_std
 
     def unwhiten(self, u: Tensor) -> Tensor:
         """u (B, D) -> w (B, K) in the PCA subspace."""

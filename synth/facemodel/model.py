@@ -42,6 +42,8 @@ FLOW_FILES = {"id": "flow_id.safetensors", "ex": "flow_ex.safetensors"}
 # Weight formats that can carry pickles (or are not ours); a model directory holding one is refused.
 _FOREIGN_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".npy", ".npz", ".h5", ".joblib"}
 _INTERPOLATION_MODES = ("expression", "identity", "joint")
+# Sampled coefficients beyond this multiple of the largest training code's norm are reported (from_latent).
+TAIL_FACTOR = 10.0
 
 
 class FaceModel:
@@ -191,9 +193,27 @@ class FaceModel:
         return landmarks(vertices, faces, definition)
 
     def from_latent(self, z_id: Tensor, z_ex: Tensor) -> tuple[Tensor, Tensor]:
-        """z_id (B, D_id), z_ex (B, D_ex) -> w_id (B, I), w_ex (B, E) through the inverse flows."""
+        """z_id (B, D_id), z_ex (B, D_ex) -> w_id (B, I), w_ex (B, E) through the inverse flows.
+
+        Logs a warning when a row lands beyond `TAIL_FACTOR` x the largest training code: a flow trained on
+        a few hundred codes can send far Gaussian tails (temperature > 1) to absurd coefficients.
+        """
         with torch.no_grad():
-            return self.flow_id.to_w(z_id.to(self.core), BLOCK), self.flow_ex.to_w(z_ex.to(self.core), BLOCK)
+            w_id = self.flow_id.to_w(z_id.to(self.core), BLOCK)
+            w_ex = self.flow_ex.to_w(z_ex.to(self.core), BLOCK)
+        for name, w, train in (
+            ("identity", w_id, self.identity_coefficients),
+            ("expression", w_ex, self.expression_coefficients),
+        ):
+            limit = TAIL_FACTOR * float(train.norm(dim=-1).max())
+            far = int((w.norm(dim=-1) > limit).sum())
+            if far:
+                log.warning(
+                    "%d of %d %s codes lie beyond %gx the largest training code (the flow's tail, see "
+                    "docs/face-model.md, Sampling); use temperature <= 1 or truncation",
+                    far, len(w), name, TAIL_FACTOR,
+                )  # fmt: skip
+        return w_id, w_ex
 
     def to_latent(self, w_id: Tensor, w_ex: Tensor) -> tuple[Tensor, Tensor]:
         """w_id (B, I), w_ex (B, E) -> z_id (B, D_id), z_ex (B, D_ex) through the flows."""

@@ -66,6 +66,15 @@ def test_temperature_and_truncation(model: FaceModel) -> None:
         truncate(torch.zeros(1, 3), 1.0)
 
 
+def test_far_latents_are_reported(model: FaceModel, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="synth.facemodel.model"):
+        model.from_latent(torch.zeros(3, model.dim_z_id), torch.zeros(3, model.dim_z_ex))
+        assert not caplog.records  # the mode of both flows is inside the training range
+        model.from_latent(torch.zeros(3, model.dim_z_id), torch.full((3, model.dim_z_ex), 1e4))
+    assert len(caplog.records) == 1
+    assert "3 of 3 expression codes lie beyond 10x the largest training code" in caplog.text
+
+
 def test_latents_roundtrip_and_log_prob(model: FaceModel) -> None:
     out = model.sample(16, seed=2)
     z_id, z_ex = model.to_latent(out["w_id"], out["w_ex"])
