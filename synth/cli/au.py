@@ -1,11 +1,13 @@
 """`synth au evaluate`: train the spectral SVM AU detector and evaluate both AU labelling methods.
 
     synth au evaluate [--train 30] [--test 10] [--mixtures 40] [--seed 0] [--threshold 0.1] [--out FILE]
+                      [--save DIR]
 
 Anny infants (A1's prior) in the catalogue expressions and in random AU mixtures at random intensities;
 the SVMs train on `--train` identities, both methods (NNLS intensities thresholded, SVMs) are scored on
-`--test` held-out identities. Default output: au-labels.md in the working
-directory; docs/au-labels.md is this report, made with `--out docs/au-labels.md`.
+`--test` held-out identities. Default output: au-labels.md in the working directory; docs/au-labels.md
+is this report, made with `--out docs/au-labels.md`. `--save DIR` keeps the trained detector:
+`synth.facemodel.au_detector.MeshAuDetector.load(DIR).predict(vertices)` labels Anny-topology meshes.
 """
 
 import argparse
@@ -55,6 +57,7 @@ def main() -> int:
     ev.add_argument(
         "--out", type=Path, default=Path("au-labels.md"), help="Markdown report (default: au-labels.md)"
     )
+    ev.add_argument("--save", type=Path, default=None, help="also save the trained SVM detector here")
     args = parser.parse_args()
     if args.train < 1 or args.test < 1 or args.mixtures < 0:
         raise SynthError("--train and --test must be >= 1 and --mixtures >= 0")
@@ -62,7 +65,13 @@ def main() -> int:
         raise SynthError(f"--threshold={args.threshold} must be in (0, 1)")
 
     from synth.facemodel.anny_source import AnnyPriorConfig, anny_topology, neutral_meshes, sample_identities
-    from synth.facemodel.au_detector import anny_au_set, build_patches, evaluate_au_labelling
+    from synth.facemodel.au_detector import (
+        AuDetector,
+        MeshAuDetector,
+        anny_au_set,
+        build_patches,
+        evaluate_au_labelling,
+    )
     from synth.facemodel.expressions import load_catalogue
     from synth.facemodel.landmarks import load_anny_head_landmarks
     from synth.facemodel.transfer import HELD_OUT_STREAM
@@ -76,7 +85,12 @@ def main() -> int:
     patches = build_patches(template, anny_topology().faces, load_anny_head_landmarks(), args.patch_size)
     train = anny_au_set(train_ids, args.mixtures, args.seed)
     test = anny_au_set(test_ids, args.mixtures, args.seed + 1)
-    evaluation = evaluate_au_labelling(train, test, patches, list(load_catalogue().au_names), args.threshold)
+    au_names = list(load_catalogue().au_names)
+    detector = AuDetector()
+    evaluation = evaluate_au_labelling(train, test, patches, au_names, args.threshold, detector)
+    if args.save is not None:
+        MeshAuDetector(patches, detector, tuple(au_names), len(template)).save(args.save)
+        log.info("saved the AU detector to %s", args.save)
     seconds = time.perf_counter() - start
 
     mae = evaluation.intensity_mae
@@ -118,7 +132,9 @@ their nominal AU set. Two ways to label a mesh, both in `synth.facemodel`:
 - **Spectral SVM detector** (`au_detector`, the paper's section 4.2 after Derkach et al.): spectral
   features of patches around the 19 central landmarks (graph Laplacian, eq. 3; tau = 50 lowest
   eigenvectors; projection, eq. 4) and one linear-kernel SVM per AU (scikit-learn's LIBSVM). Works
-  from the mesh alone (the paper uses it on scans of unknown expression).
+  from the mesh alone (the paper uses it on scans of unknown expression). `synth au evaluate --save DIR`
+  keeps the trained detector (JSON + safetensors: patches, scaler, each SVM's primal weights); then
+  `au_detector.MeshAuDetector.load(DIR).predict(vertices)` labels (n, 4538, 3) Anny-topology meshes.
 
 Evaluation: Anny infants from the default prior; the SVMs train on {train} identities, both methods are
 scored on {test} held-out identities (disjoint seed stream), on the catalogue's 76 expressions and on

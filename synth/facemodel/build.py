@@ -109,7 +109,7 @@ def build_face_model(config: ModelConfig, progress: bool = True) -> tuple[FaceMo
     model = model_from_tensor(tensor, config, progress)
     model.info["timings_s"] = {"tensor": tensor_s, **model.info["timings_s"]}
     held_out = None
-    if config.report_held_out > 0 and config.source is ModelSource.anny:
+    if config.report_held_out > 0 and config.source in (ModelSource.anny, ModelSource.anny_transfer):
         held_out = held_out_tensor(config, progress)
     return model, held_out
 
@@ -178,12 +178,17 @@ def source_tensor(config: ModelConfig, progress: bool) -> FaceTensor:
 
 
 def held_out_tensor(config: ModelConfig, progress: bool) -> FaceTensor:
-    """`report_held_out` base identities from the same prior with fresh seeds (not in the build); without
+    """`report_held_out` base identities from the same prior with fresh seeds (not in the build), made by
+    the build's own source (Anny's expressions, or expressions transferred from adults); without
     mirrored / symmetrised variants, which would not be independent of their base identity."""
-    from synth.facemodel.anny_source import build_anny_tensor
-
     seed = int(seed_sequence(config.seed, 1, Stage.BUILD).generate_state(1)[0])
     source = dataclasses.replace(_anny_prior(config, config.report_held_out), variants=False)
+    if config.source is ModelSource.anny_transfer:
+        from synth.facemodel.transfer import build_transfer_tensor
+
+        return build_transfer_tensor(source, config.transfer, seed, progress)
+    from synth.facemodel.anny_source import build_anny_tensor
+
     return build_anny_tensor(source, seed, progress)
 
 

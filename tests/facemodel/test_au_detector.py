@@ -1,9 +1,13 @@
+import json
+
 import numpy as np
 import pytest
 
+from synth.errors import SynthError
 from synth.facemodel.anny_source import AnnyPriorConfig, sample_identities
 from synth.facemodel.au_detector import (
     AuDetector,
+    MeshAuDetector,
     anny_au_set,
     build_patches,
     evaluate_au_labelling,
@@ -79,12 +83,57 @@ def test_detector_trains_and_beats_chance_on_a_tiny_set(patches) -> None:
     assert ev.intensity_mae.shape == (46,) and np.nanmean(ev.intensity_mae) < 0.15
 
 
-def test_au_evaluate_command_writes_the_report(tmp_path) -> None:
+def test_linear_detector_primal_form_is_the_svm_decision() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 12))
+    labels = np.stack([x[:, 0] + 0.3 * rng.normal(size=60) > 0, x[:, 1] > 0.5, np.zeros(60, bool)], 1)
+    det = AuDetector().fit(x, labels)
+    x_test = rng.normal(size=(25, 12))
+    z, z_train = det.scaler.transform(x_test), det.scaler.transform(x)
+    for a in (0, 1):  # the SVC's own decision on the precomputed linear kernel
+        expected = det.models[a].decision_function(z @ z_train.T)
+        np.testing.assert_allclose(z @ det.weights[a] + det.bias[a], expected, atol=1e-9)
+    assert not det.predict(x_test)[:, 2].any()  # a single-class AU predicts its class
+
+
+def test_saved_detector_reloads_and_predicts_identically(tmp_path, patches) -> None:
+    verts, _ = template()
+    rng = np.random.default_rng(1)
+    meshes = verts + rng.normal(size=(40, *verts.shape)) * 1e-3
+    labels = rng.random((40, 4)) > 0.5
+    det = AuDetector().fit(spectral_features(meshes, patches), labels)
+    trained = MeshAuDetector(patches, det, ("AU1", "AU2", "AU4", "AU6"), len(verts))
+    trained.save(tmp_path / "det")
+    loaded = MeshAuDetector.load(tmp_path / "det")
+    assert loaded.au_names == trained.au_names and loaded.patches.names == patches.names
+    test = verts + rng.normal(size=(10, *verts.shape)) * 1e-3
+    np.testing.assert_array_equal(loaded.predict(test), trained.predict(test))
+    with pytest.raises(SynthError, match="topology"):
+        loaded.predict(test[:, :-1])
+    # altered arrays, a foreign format and a non-linear detector are refused with one line
+    meta = json.loads((tmp_path / "det" / "detector.json").read_text())
+    (tmp_path / "det" / "detector.safetensors").write_bytes(b"x" * 64)
+    with pytest.raises(SynthError, match="checksum"):
+        MeshAuDetector.load(tmp_path / "det")
+    (tmp_path / "det" / "detector.json").write_text(json.dumps({**meta, "format": "other"}))
+    with pytest.raises(SynthError, match="not a synth AU detector"):
+        MeshAuDetector.load(tmp_path / "det")
+    with pytest.raises(SynthError, match="not a saved AU detector"):
+        MeshAuDetector.load(tmp_path / "missing")
+    rbf = AuDetector(kernel="rbf").fit(spectral_features(meshes, patches), labels)
+    with pytest.raises(SynthError, match="linear"):
+        MeshAuDetector(patches, rbf, trained.au_names, len(verts)).save(tmp_path / "rbf")
+
+
+def test_au_evaluate_command_writes_the_report_and_saves_the_detector(tmp_path) -> None:
     from synth.cli import main
 
     out = tmp_path / "au.md"
     args = ["au", "evaluate", "--train", "1", "--test", "1", "--mixtures", "2", "--patch-size", "60"]
-    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--out", str(out), "--save", str(tmp_path / "det")]) == 0
     text = out.read_text()
     assert "### Catalogue expressions" in text and "### Random mixtures" in text and "| AU12_L |" in text
+    detector = MeshAuDetector.load(tmp_path / "det")
+    verts, _ = template()
+    assert detector.predict(verts[None]).shape == (1, 46) and len(detector.au_names) == 46
     assert main(["au", "evaluate", "--threshold", "2", "--out", str(out)]) == 2

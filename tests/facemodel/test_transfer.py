@@ -140,3 +140,21 @@ def test_transfer_validate_command_writes_the_report(tmp_path) -> None:
     text = out.read_text()
     assert "| jaw_drop |" in text and "synth transfer validate --infants 1" in text
     assert main(["transfer", "validate", "--infants", "0", "--out", str(out)]) == 2
+
+
+def test_transfer_models_report_on_held_out_transferred_infants() -> None:
+    from synth.facemodel.build import held_out_tensor, source_tensor
+    from synth.facemodel.config import ModelConfig, ModelSource
+
+    config = ModelConfig(
+        source=ModelSource.anny_transfer,
+        n_identities=1,
+        expressions=["jaw_drop"],
+        transfer=TransferConfig(kappa=1, reduction=0.6),
+        report_held_out=1,
+    )
+    held = held_out_tensor(config, progress=False)
+    train = source_tensor(config, progress=False)
+    assert held.source["kind"] == "anny+transfer"  # made by the build's own source, without variants
+    assert held.identity_ids == ["anny-0000"] and held.vertices.shape == (1, 2, 4538, 3)
+    assert np.abs(held.vertices[0, 0] - train.vertices[0, 0]).max() > 1e-3  # another infant
