@@ -5,8 +5,8 @@
 
 Anny infants (A1's prior) in the catalogue expressions and in random AU mixtures at random intensities;
 the SVMs train on `--train` identities, both methods (NNLS intensities thresholded, SVMs) are scored on
-`--test` held-out identities. Default output: au-labels.md in the working directory; docs/au-labels.md
-is this report, made with `--out docs/au-labels.md`. `--save DIR` keeps the trained detector:
+`--test` held-out identities. Default output: au-labels.md in the working directory (docs/au-labels.md
+is this report plus a measured note on random samples). `--save DIR` keeps the trained detector:
 `synth.facemodel.au_detector.MeshAuDetector.load(DIR).predict(vertices)` labels Anny-topology meshes.
 """
 
