@@ -3,15 +3,18 @@
 `build_model` reads top to bottom as the recipe. Models are cached under `$SYNTH_CACHE_DIR/models/<key>`
 (default `~/.cache/synth/models/<key>`), the key being a hash of the build recipe
 (`ModelConfig.build_key`), and every directory appears whole or not at all: the build writes into a
-temporary sibling directory that is renamed into place at the end.
+temporary sibling directory that is renamed into place at the end; what a killed build left there is
+removed by the next build of the same key on the same host.
 """
 
 import dataclasses
+import glob
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -74,7 +77,8 @@ def build_model(config: ModelConfig, out_dir: str | Path | None = None, progress
             "choose an empty or new directory (model.out=DIR) or delete it"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.building-"))
+    remove_stale_builds(target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=_building_prefix(target, os.getpid())))
     try:
         log.info("building face model into %s", target)
         model, held_out = build_face_model(config, progress)
@@ -97,6 +101,38 @@ def build_model(config: ModelConfig, out_dir: str | Path | None = None, progress
         raise
     log.info("face model %s written (model_id %s)", target, model.model_id)
     return target
+
+
+def _building_prefix(target: Path, pid: int) -> str:
+    """Name prefix of the temporary directory a build of `target` writes into: host and pid, so that a
+    later build can tell a killed build's leftovers from a running one's."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+    return f".{target.name}.building-{host}-{pid}-"
+
+
+def remove_stale_builds(target: Path) -> list[Path]:
+    """Delete the temporary directories of builds of `target` killed on this host (their process is
+    gone); builds running here or on other hosts sharing the cache are left alone. Returns what went."""
+    prefix = _building_prefix(target, 0)[: -len("0-")]  # ".{name}.building-{host}-"
+    removed = []
+    for path in target.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = path.name[len(prefix) :].split("-", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed %s, left by a killed build", path)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def build_face_model(config: ModelConfig, progress: bool = True) -> tuple[FaceModel, FaceTensor | None]:

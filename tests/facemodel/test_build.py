@@ -3,6 +3,7 @@ model-report commands, the report."""
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,27 @@ def test_build_from_tensor_file_is_cached_atomic_and_refuses_foreign_dirs(
     with pytest.raises(SynthError, match="not a built model"):
         resolve_model(dataclasses.replace(config, path=str(tmp_path / "busy")))
     assert resolve_model(dataclasses.replace(config, path=str(again))) == again
+
+
+def test_a_killed_builds_leftovers_are_removed_by_the_next_build(tensor_file: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from synth.facemodel.build import _building_prefix
+
+    target = tmp_path / "models" / "m"
+    target.parent.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    stale = target.parent / (_building_prefix(target, int(dead.stdout)) + "abc")
+    running = target.parent / (_building_prefix(target, os.getpid()) + "def")
+    other_host = target.parent / ".m.building-elsewhere-1-ghi"
+    for d in (stale, running, other_host):
+        d.mkdir()
+        (d / "bilinear.safetensors").write_bytes(b"partial")
+    build_model(_tensor_config(tensor_file), target, progress=False)
+    assert not stale.exists()  # its process is gone
+    assert running.exists() and other_host.exists()  # a live build here, and one we cannot judge
+    assert (target / "model.json").is_file()
 
 
 def test_expression_subset_keeps_neutral_and_rejects_unknown_names() -> None:
