@@ -43,7 +43,8 @@ class Executor(Enum):
 class SamplerConfig:
     """Latent sampling. Only the fields of the chosen `kind` are used; the others keep their defaults.
 
-    temperature: scale of the Gaussian latent draws (1 = the flow prior).
+    temperature: scale of the Gaussian latent draws (1 = the flow prior; above 1 a few per thousand
+        expressions leave the model's range, see docs/face-model.md, Sampling).
     intensity: scale of every sample's expression deviation from neutral in w_ex space (all kinds): 1 = as
         sampled, > 1 extrapolates (3DFaceCAM), 0 = the identity's neutral face.
     truncation: None, or a confidence rho in (0, 1): latents outside the rho-quantile Mahalanobis ball are
