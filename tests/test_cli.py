@@ -173,3 +173,23 @@ def test_preview_cli_refuses_what_is_not_a_dataset(
     assert _run_cli(["preview", str(tmp_path / "empty")], monkeypatch, tmp_path) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "not a directory" in err[0] and "no samples found" in err[1], err
+
+
+def test_bench_runs_a_benchmark_of_the_checkout(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import synth.cli.bench as bench
+
+    assert synth_main(["bench"]) == 0
+    listed = capsys.readouterr().out
+    assert "facemodel" in listed and "records" in listed
+    assert synth_main(["bench", "nope"]) == 2
+    assert "unknown benchmark 'nope'" in capsys.readouterr().err
+    # a real run (its output goes to the child's stdout) and the child's exit code passed on
+    args = ["bench", "facemodel", "--model", str(tiny_model_dir), "--batch", "8", "--loop", "4"]
+    assert synth_main([*args, "--repeat", "1"]) == 0
+    assert synth_main(["bench", "facemodel", "--no-such-flag"]) == 2  # argparse's exit code
+    # installed from a wheel there is no checkout: one line, exit 2
+    monkeypatch.setattr(bench, "benchmarks_dir", lambda: None)
+    assert synth_main(["bench", "facemodel"]) == 2
+    assert "source checkout" in capsys.readouterr().err

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("synth.cli.analyze", "latent analyses of a face model (Hydra overrides)"),
     "transfer": ("synth.cli.transfer", "expression transfer validation"),
     "au": ("synth.cli.au", "AU detector training and evaluation"),
+    "bench": ("synth.cli.bench", "run a benchmark of the source checkout (benchmarks/)"),
 }
 
 
