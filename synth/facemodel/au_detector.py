@@ -267,7 +267,6 @@ class MeshAuDetector:
         det.scaler.var_ = det.scaler.scale_**2
         det.scaler.n_features_in_ = len(det.scaler.mean_)
         det.weights, det.bias = arrays["weights"], arrays["bias"]
-        det.models = [True] * len(det.bias)  # fitted; predictions come from the primal weights
         patches = SpectralPatches(
             vertex_ids=arrays["patch_vertex_ids"],
             eigvecs=arrays["patch_eigvecs"],

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 # Sampling pushes latents through the networks, and coefficients through the decoder, in GEMMs of exactly
 # this many rows, so a sample's bytes do not depend on the batch it came in (see
 # `synth.facemodel.bilinear.bilinear_decode`). 128 amortises the flows' per-call overhead and the
-# decoder's GEMM set-up (256 samples: 44 ms vs 53 ms at 64 on 2 cores) at ~20 ms for a single sample.
+# decoder's GEMM set-up (flows + decode of 256 samples: 44 ms vs 54 ms at 64 on 2 cores), at the price of
+# ~20 ms instead of ~13 ms for a single sample.
 BLOCK = 128
 
 
