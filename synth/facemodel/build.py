@@ -103,17 +103,22 @@ def build_model(config: ModelConfig, out_dir: str | Path | None = None, progress
     return target
 
 
+def _building_stem(target: Path) -> str:
+    """`.NAME.building-HOST-`: how the temporary directories of builds of `target` on this host begin."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+    return f".{target.name}.building-{host}-"
+
+
 def _building_prefix(target: Path, pid: int) -> str:
     """Name prefix of the temporary directory a build of `target` writes into: host and pid, so that a
     later build can tell a killed build's leftovers from a running one's."""
-    host = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
-    return f".{target.name}.building-{host}-{pid}-"
+    return f"{_building_stem(target)}{pid}-"
 
 
 def remove_stale_builds(target: Path) -> list[Path]:
     """Delete the temporary directories of builds of `target` killed on this host (their process is
     gone); builds running here or on other hosts sharing the cache are left alone. Returns what went."""
-    prefix = _building_prefix(target, 0)[: -len("0-")]  # ".{name}.building-{host}-"
+    prefix = _building_stem(target)
     removed = []
     for path in target.parent.glob(f"{glob.escape(prefix)}*"):
         pid = path.name[len(prefix) :].split("-", 1)[0]
