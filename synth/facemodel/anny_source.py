@@ -682,9 +682,18 @@ def build_anny_tensor(config: AnnySourceConfig, seed: int, progress: bool = True
         "identities": params.summary(),
         "unpaired_vertices": topo.unpaired.tolist(),
     }
+    return head_tensor(vertices, ex, names, provenance)
+
+
+def head_tensor(
+    vertices: np.ndarray, ex: np.ndarray, names: list[str], provenance: dict[str, Any]
+) -> FaceTensor:
+    """A `FaceTensor` on the Anny head topology: vertices (n_id, E, N, 3) in the catalogue expressions
+    `ex` (indices), identity ids `names`, provenance made plain JSON (both Anny sources end here)."""
+    catalogue = load_catalogue()
     return FaceTensor(
         vertices=vertices,
-        faces=topo.faces,
+        faces=anny_topology().faces,
         expression_names=[catalogue.expression_names[c] for c in ex],
         au_names=list(catalogue.au_names),
         expression_aus=catalogue.expression_aus[ex].copy(),

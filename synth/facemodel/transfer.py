@@ -22,10 +22,8 @@ source in the paper. `validate_transfer` compares the result with Anny's own inf
 """
 
 import importlib.metadata
-import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
 
 import fast_simplification
 import numpy as np
@@ -40,6 +38,7 @@ from synth.facemodel.anny_source import (
     anny_topology,
     facial_action_bases,
     fill_variants,
+    head_tensor,
     neutral_meshes,
     sample_identities,
     selected_expressions,
@@ -264,30 +263,18 @@ def build_transfer_tensor(
         names = variant_ids(names)
     else:
         vertices = base
-    return FaceTensor(
-        vertices=vertices,
-        faces=topo.faces,
-        expression_names=[catalogue.expression_names[c] for c in ex],
-        au_names=list(catalogue.au_names),
-        expression_aus=catalogue.expression_aus[ex].copy(),
-        identity_ids=names,
-        source=json.loads(
-            json.dumps(
-                {
-                    "kind": "anny+transfer",
-                    "anny_version": importlib.metadata.version("anny"),
-                    "seed": int(seed),
-                    "config": asdict(source_config),
-                    "transfer": asdict(transfer),
-                    "source_topology": adults.topology,
-                    "source_vertices": int(adults.neutral.shape[1]),
-                    "mapping_scale": mapping.scale,
-                    "identities": params.summary(),
-                },
-                default=lambda v: v.value if isinstance(v, Enum) else str(v),
-            )
-        ),
-    )
+    provenance = {
+        "kind": "anny+transfer",
+        "anny_version": importlib.metadata.version("anny"),
+        "seed": int(seed),
+        "config": asdict(source_config),
+        "transfer": asdict(transfer),
+        "source_topology": adults.topology,
+        "source_vertices": int(adults.neutral.shape[1]),
+        "mapping_scale": mapping.scale,
+        "identities": params.summary(),
+    }
+    return head_tensor(vertices, ex, names, provenance)
 
 
 # --- validation ----------------------------------------------------------------------------------------
