@@ -74,9 +74,7 @@ def _task(config: FitConfig, raw: DictConfig) -> int:
             held_out_tensor(recipe, progress=True), config.expressions_per_identity,
             np.random.default_rng(config.seed),
         )  # fmt: skip
-        regions = face_regions(
-            model.mean_shape.cpu().numpy(), model.faces.cpu().numpy(), load_anny_head_landmarks()
-        )
+        regions = face_regions(model.mean_shape.cpu().numpy(), load_anny_head_landmarks())
         record["result"] = analysis.reconstruction_experiment(
             model, held_out, config.fit, regions, config.baseline_meshes, config.baseline_variance,
             config.seed, config.batch_size,

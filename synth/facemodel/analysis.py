@@ -176,17 +176,16 @@ def keypoint_experiment(
     from synth.seeding import Stage, numpy_rng
 
     definition = load_anny_head_landmarks()
-    faces = model.faces.numpy()
-    definition.check_topology(faces)
+    definition.check_topology(model.faces.numpy(), model.n_vertices)
     sample = model.sample(n_samples, seed=seed)
     verts = sample["vertices"]
-    centre = landmarks(model.mean_shape.numpy(), faces, definition).mean(0)
+    centre = landmarks(model.mean_shape.numpy(), definition).mean(0)
     cams = sample_cameras(
         RenderConfig(), [numpy_rng(seed, i, Stage.CAMERA) for i in range(n_samples)], centre
     )
 
     def lmk(v: Tensor) -> Tensor:
-        return landmarks(v, faces, definition)
+        return landmarks(v, definition)
 
     kp = cams.project(lmk(verts))[..., :2].float()  # (S, L, 2) pixels
     fm = fit_model_from_face_model(model)

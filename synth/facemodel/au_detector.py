@@ -95,10 +95,9 @@ def build_patches(
     if tau > patch_size:
         raise ValueError(f"tau={tau} eigenvectors need patches of at least tau vertices, got {patch_size}")
     adj = _adjacency(np.asarray(faces), len(vertices))
-    vid = definition.vertex_ids(faces)  # (L, 3)
     ids, vecs, vals = [], [], []
     for k in landmark_indices:
-        seed = int(vid[k][np.argmax(definition.weights[k])])  # the landmark's dominant vertex
+        seed = int(definition.main_vertices[k])
         patch = _graph_patch(adj, vertices, seed, patch_size)
         lap = laplacian(adj[patch][:, patch]).toarray()  # eq. 3: valence on the diagonal, -1 per edge
         w, v = scipy.linalg.eigh(lap, subset_by_index=[0, tau - 1])  # the tau smallest

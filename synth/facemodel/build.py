@@ -29,6 +29,7 @@ from synth.facemodel.config import ModelConfig, ModelSource, build_spec
 from synth.facemodel.flows import train_flow
 from synth.facemodel.model import FaceModel
 from synth.facemodel.tensor import FaceTensor
+from synth.facemodel.topology import triangles_hash
 
 if TYPE_CHECKING:
     from synth.facemodel.anny_source import AnnySourceConfig
@@ -68,6 +69,9 @@ def build_model(config: ModelConfig, out_dir: str | Path | None = None, progress
     if config.path is not None:
         raise SynthError(f"model.path={config.path} names an existing model; unset it to build one")
     target = Path(out_dir).expanduser() if out_dir is not None else cache_root() / config.build_key()
+    if _is_built(target, config) and out_dir is None and _stale_triangulation(target, config):
+        log.warning("cached face model %s uses a CPU-dependent triangulation; building it again", target)
+        shutil.rmtree(target)
     if _is_built(target, config):
         log.info("face model %s is up to date", target)
         return target
@@ -276,6 +280,18 @@ def _make_readable(directory: Path) -> None:
     directory.chmod(0o777 & ~umask)
     for path in directory.iterdir():
         path.chmod(0o666 & ~umask)
+
+
+def _stale_triangulation(path: Path, config: ModelConfig) -> bool:
+    """Whether a built Anny model has Anny's own, CPU-dependent triangles instead of synth's shipped ones
+    (`anny_source.head_faces`; models cached before synth shipped them)."""
+    if config.source is ModelSource.tensor:
+        return False
+    from synth.facemodel.anny_source import shipped_head_faces
+
+    faces = shipped_head_faces()
+    expected = triangles_hash(faces, int(faces.max()) + 1)
+    return json.loads((path / "model.json").read_text()).get("topology_hash") != expected
 
 
 def _is_built(path: Path, config: ModelConfig) -> bool:

@@ -1,7 +1,8 @@
 """The 23 anatomical landmarks of BabyFlow (Appendix A) as barycentric points of a mesh topology.
 
-A landmark is a point on a triangle: a face id and 3 barycentric weights over that face's vertices, so
-it follows any mesh of the topology (identity, expression, pose) and moves rigidly with rigid motion.
+A landmark is a weighted sum of vertices (for the Anny head: one vertex each), so it follows any mesh of
+the topology (identity, expression, pose), moves rigidly with rigid motion, and does not depend on how
+the topology's quads are split into triangles.
 The Anny head definition ships in `synth/facemodel/data/landmarks_anny_head.json`; it is derived from
 the Anny template by `derive_anny_head_landmarks` (`python -m synth.facemodel.landmarks` rewrites it),
 with one note per landmark saying how it was located.
@@ -9,7 +10,6 @@ with one note per landmark saying how it was located.
 Frame of the Anny head: metres, z up, the face looks towards -y, the subject's left is +x.
 """
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from synth.atomic import atomic_write_text
+from synth.facemodel.topology import connectivity_hash
 
 log = logging.getLogger(__name__)
 
@@ -39,75 +40,92 @@ CENTRAL_LANDMARKS: tuple[str, ...] = tuple(n for n in LANDMARK_NAMES if n not in
 CENTRAL_INDICES: tuple[int, ...] = tuple(LANDMARK_NAMES.index(n) for n in CENTRAL_LANDMARKS)
 
 ANNY_HEAD_FILE = "landmarks_anny_head.json"
-FORMAT_VERSION = 1
-
-
-def faces_hash(faces: np.ndarray) -> str:
-    """sha256 of a topology's (F, 3) triangles as int64, to tie a definition to its topology."""
-    return hashlib.sha256(np.ascontiguousarray(faces, dtype=np.int64).tobytes()).hexdigest()
+# 2: landmarks as weighted vertices, tied to a triangulation-independent connectivity hash (1 keyed them
+# to triangle ids and a hash of the exact triangles, which differ between CPUs for Anny's head).
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
 class LandmarkDefinition:
-    """Landmarks as barycentric points of one topology.
+    """Landmarks as weighted sums of vertices of one topology (any triangulation of it).
 
     names: L landmark names (LANDMARK_NAMES order for the BabyFlow set).
-    face_ids: (L,) int64 triangle index of each landmark.
-    weights: (L, 3) float64 barycentric weights over that triangle's 3 vertices (rows sum to 1, >= 0).
+    vertex_ids: (L, K) int64 vertices of each landmark (K = 1 when every landmark is a vertex).
+    weights: (L, K) float64 convex weights over those vertices (rows sum to 1, >= 0).
     notes: L one-line notes on how each landmark was located.
-    topology: name of the topology; faces_sha256: `faces_hash` of its triangles.
+    topology: name of the topology; n_vertices: its vertex count; connectivity: its
+        `synth.facemodel.topology.connectivity_hash` (the same for every split of its quads).
     """
 
     names: tuple[str, ...]
-    face_ids: np.ndarray
+    vertex_ids: np.ndarray
     weights: np.ndarray
     notes: tuple[str, ...]
     topology: str
-    faces_sha256: str
+    n_vertices: int
+    connectivity: str
 
     def __post_init__(self) -> None:
         n = len(self.names)
-        if self.face_ids.shape != (n,) or self.weights.shape != (n, 3) or len(self.notes) != n:
+        if (
+            self.vertex_ids.ndim != 2
+            or self.vertex_ids.shape[0] != n
+            or self.weights.shape != self.vertex_ids.shape
+            or len(self.notes) != n
+        ):
             raise ValueError(
-                f"landmark definition: {n} names need face_ids (L,), weights (L, 3) and L notes, got "
-                f"{self.face_ids.shape}, {self.weights.shape}, {len(self.notes)}"
+                f"landmark definition: {n} names need vertex_ids (L, K), weights (L, K) and L notes, got "
+                f"{self.vertex_ids.shape}, {self.weights.shape}, {len(self.notes)}"
             )
         if (self.weights < -1e-9).any() or not np.allclose(self.weights.sum(1), 1.0, atol=1e-6):
-            raise ValueError("landmark definition: barycentric weights must be >= 0 and sum to 1")
+            raise ValueError("landmark definition: vertex weights must be >= 0 and sum to 1")
+        if self.vertex_ids.size and not 0 <= self.vertex_ids.min() <= self.vertex_ids.max() < self.n_vertices:
+            raise ValueError(f"landmark definition: vertex ids outside [0, {self.n_vertices})")
 
     def index(self, name: str) -> int:
         return self.names.index(name)
 
-    def vertex_ids(self, faces: np.ndarray) -> np.ndarray:
-        """(L, 3) int64 vertex ids of each landmark's triangle."""
-        return np.asarray(faces, dtype=np.int64)[self.face_ids]
+    @property
+    def main_vertices(self) -> np.ndarray:
+        """(L,) int64 the vertex of largest weight of each landmark."""
+        return self.vertex_ids[np.arange(len(self.names)), self.weights.argmax(1)]
 
-    def check_topology(self, faces: np.ndarray) -> None:
-        """Raise ValueError when `faces` (F, 3) is not the topology this definition was made for."""
-        if faces_hash(faces) != self.faces_sha256:
+    def matches(self, faces: np.ndarray, n_vertices: int) -> bool:
+        """Whether a mesh of `n_vertices` with triangles `faces` (F, 3) is this definition's topology."""
+        return n_vertices == self.n_vertices and connectivity_hash(faces, n_vertices) == self.connectivity
+
+    def check_topology(self, faces: np.ndarray, n_vertices: int) -> None:
+        """Raise ValueError when a mesh (`n_vertices`, triangles (F, 3)) is not this definition's topology."""
+        if not self.matches(faces, n_vertices):
             raise ValueError(
-                f"landmark definition is for topology {self.topology!r} (faces sha256 "
-                f"{self.faces_sha256[:12]}...), the mesh has another triangulation; derive landmarks "
-                "for it (e.g. transfer them with synth.facemodel.correspondence)"
+                f"landmark definition is for topology {self.topology!r} ({self.n_vertices} vertices, "
+                f"connectivity {self.connectivity}), the mesh has {n_vertices} vertices and connectivity "
+                f"{connectivity_hash(faces, n_vertices)}; derive landmarks for it (e.g. transfer them with "
+                "synth.facemodel.correspondence)"
             )
 
-    def matrix(self, faces: np.ndarray, n_vertices: int) -> sp.csr_matrix:
-        """(L, N) sparse matrix with 3 weights per row: landmarks = matrix @ vertices (N, 3)."""
-        rows = np.repeat(np.arange(len(self.names)), 3)
+    def matrix(self) -> sp.csr_matrix:
+        """(L, N) sparse matrix of the weights: landmarks = matrix @ vertices (N, 3)."""
+        rows = np.repeat(np.arange(len(self.names)), self.vertex_ids.shape[1])
         return sp.csr_matrix(
-            (self.weights.ravel(), (rows, self.vertex_ids(faces).ravel())),
-            shape=(len(self.names), n_vertices),
+            (self.weights.ravel(), (rows, self.vertex_ids.ravel())), shape=(len(self.names), self.n_vertices)
         )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
             "topology": self.topology,
-            "faces_sha256": self.faces_sha256,
+            "n_vertices": self.n_vertices,
+            "connectivity": self.connectivity,
             "frame": "metres, z up, face looks towards -y, subject's left is +x",
             "landmarks": [
-                {"name": n, "face": int(f), "weights": [round(float(w), 9) for w in ws], "note": note}
-                for n, f, ws, note in zip(self.names, self.face_ids, self.weights, self.notes, strict=True)
+                {
+                    "name": n,
+                    "vertices": [int(v) for v, w in zip(vs, ws, strict=True) if w > 0],
+                    "weights": [round(float(w), 9) for w in ws if w > 0],
+                    "note": note,
+                }
+                for n, vs, ws, note in zip(self.names, self.vertex_ids, self.weights, self.notes, strict=True)
             ],
         }
 
@@ -116,14 +134,18 @@ class LandmarkDefinition:
         if data.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"landmark file format_version {data.get('format_version')} != {FORMAT_VERSION}")
         rows = data["landmarks"]
-        weights = np.array([r["weights"] for r in rows], dtype=np.float64)
+        k = max(len(r["vertices"]) for r in rows)
+        # Pad to K vertices per landmark with weight 0 on the landmark's first vertex.
+        ids = np.array([r["vertices"] + [r["vertices"][0]] * (k - len(r["vertices"])) for r in rows])
+        weights = np.array([r["weights"] + [0.0] * (k - len(r["weights"])) for r in rows], dtype=np.float64)
         return cls(
             names=tuple(r["name"] for r in rows),
-            face_ids=np.array([r["face"] for r in rows], dtype=np.int64),
+            vertex_ids=ids.astype(np.int64),
             weights=weights / weights.sum(1, keepdims=True),
             notes=tuple(r["note"] for r in rows),
             topology=data["topology"],
-            faces_sha256=data["faces_sha256"],
+            n_vertices=int(data["n_vertices"]),
+            connectivity=data["connectivity"],
         )
 
     def save(self, path: str | Path) -> None:
@@ -141,28 +163,20 @@ def load_anny_head_landmarks() -> LandmarkDefinition:
     return LandmarkDefinition.from_json(json.loads(text))
 
 
-def landmarks(vertices: np.ndarray | torch.Tensor, faces: np.ndarray, definition: LandmarkDefinition):
+def landmarks(vertices: np.ndarray | torch.Tensor, definition: LandmarkDefinition):
     """Landmark positions of a batch of meshes.
 
-    vertices: (n, N, 3) or (N, 3), numpy or torch (any float dtype, any device); faces: (F, 3).
-    Returns (n, L, 3) (or (L, 3)) of the same array type, dtype and device, same units as vertices.
+    vertices: (n, N, 3) or (N, 3), numpy or torch (any float dtype, any device), in the definition's
+    topology. Returns (n, L, 3) (or (L, 3)) of the same array type, dtype and device, same units.
     """
-    vid = definition.vertex_ids(faces)  # (L, 3)
+    vid = definition.vertex_ids  # (L, K)
     if isinstance(vertices, torch.Tensor):
         idx = torch.as_tensor(vid, device=vertices.device)
         w = torch.as_tensor(definition.weights, dtype=vertices.dtype, device=vertices.device)
-        return torch.einsum("...lkd,lk->...ld", vertices[..., idx, :], w)  # (..., L, 3, 3) -> (..., L, 3)
+        return torch.einsum("...lkd,lk->...ld", vertices[..., idx, :], w)  # (..., L, K, 3) -> (..., L, 3)
     vertices = np.asarray(vertices)
     w = definition.weights.astype(vertices.dtype, copy=False)
     return np.einsum("...lkd,lk->...ld", vertices[..., vid, :], w)
-
-
-def vertex_point(vertex: int, faces: np.ndarray, allowed_faces: np.ndarray) -> tuple[int, np.ndarray]:
-    """A vertex as a barycentric point: (face id among `allowed_faces` (bool (F,)), one-hot weights)."""
-    candidates = np.flatnonzero(allowed_faces & (faces == vertex).any(1))
-    face = int(candidates[0])
-    weights = (faces[face] == vertex).astype(np.float64)
-    return face, weights
 
 
 # --- derivation on the Anny template --------------------------------------------------------------------
@@ -347,14 +361,14 @@ def derive_anny_head_landmarks(model: Any = None) -> LandmarkDefinition:
     ear_left = _support(blendshapes, labels, auricle, 0.3) & (vertices[:, 0] > 0)
     alae = _support(blendshapes, labels, ("nose-flaring",), 0.2)
     ids, notes = derive_landmark_vertices(vertices, skin, eye_left, mouth, nose, alae, ear_left)
-    points = [vertex_point(ids[name], faces, skin_faces) for name in LANDMARK_NAMES]
     return LandmarkDefinition(
         names=LANDMARK_NAMES,
-        face_ids=np.array([p[0] for p in points], dtype=np.int64),
-        weights=np.stack([p[1] for p in points]),
+        vertex_ids=np.array([[ids[name]] for name in LANDMARK_NAMES], dtype=np.int64),
+        weights=np.ones((len(LANDMARK_NAMES), 1)),
         notes=tuple(notes[name] for name in LANDMARK_NAMES),
         topology="anny-head",
-        faces_sha256=faces_hash(faces),
+        n_vertices=len(vertices),
+        connectivity=connectivity_hash(faces, len(vertices)),
     )
 
 

@@ -32,6 +32,7 @@ from synth.errors import SynthError
 from synth.facemodel import bilinear
 from synth.facemodel.config import MODEL_FORMAT_VERSION
 from synth.facemodel.flows import BLOCK, LatentFlow
+from synth.facemodel.topology import triangles_hash
 from synth.seeding import Stage, torch_generator
 
 log = logging.getLogger(__name__)
@@ -185,12 +186,11 @@ class FaceModel:
         from synth.facemodel.landmarks import landmarks, load_anny_head_landmarks
 
         definition = load_anny_head_landmarks()
-        faces = self.faces.detach().cpu().numpy()
         try:
-            definition.check_topology(faces)
+            definition.check_topology(self.faces.detach().cpu().numpy(), self.n_vertices)
         except ValueError as err:
             raise SynthError(f"face model: {err}") from None
-        return landmarks(vertices, faces, definition)
+        return landmarks(vertices, definition)
 
     def from_latent(self, z_id: Tensor, z_ex: Tensor) -> tuple[Tensor, Tensor]:
         """z_id (B, D_id), z_ex (B, D_ex) -> w_id (B, I), w_ex (B, E) through the inverse flows.
@@ -346,8 +346,7 @@ class FaceModel:
     @property
     def topology_hash(self) -> str:
         """16 hex digits of a sha256 of the vertex count and the triangles: equal for equal topologies."""
-        faces = self.faces.detach().cpu().to(torch.int64).contiguous().numpy()
-        return hashlib.sha256(f"{self.n_vertices}:".encode() + faces.tobytes()).hexdigest()[:16]
+        return triangles_hash(self.faces.detach().cpu().numpy(), self.n_vertices)
 
     def _metadata_core(self) -> dict[str, Any]:
         return {

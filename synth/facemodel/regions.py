@@ -58,10 +58,8 @@ def regions_from_landmarks(vertices: np.ndarray, points: Mapping[str, np.ndarray
     return {name: label == k for k, name in enumerate(REGIONS)}
 
 
-def face_regions(
-    vertices: np.ndarray, faces: np.ndarray, definition: LandmarkDefinition
-) -> dict[str, np.ndarray]:
+def face_regions(vertices: np.ndarray, definition: LandmarkDefinition) -> dict[str, np.ndarray]:
     """Region masks of a topology from its landmark definition, on a reference mesh (N, 3) (e.g. the
     model's mean shape, neutral-ish): {region: bool (N,)}."""
-    pts = landmarks(np.asarray(vertices, dtype=np.float64), faces, definition)  # (L, 3)
+    pts = landmarks(np.asarray(vertices, dtype=np.float64), definition)  # (L, 3)
     return regions_from_landmarks(vertices, {n: pts[definition.index(n)] for n in LANDMARK_NAMES})

@@ -175,7 +175,7 @@ def build_adult_source(
     for k in tqdm(range(config.kappa), desc="adult heads", unit="head", disable=not progress):
         n_k, b_k = facial_action_bases(params[k : k + 1])
         neutral[k], bases[k] = n_k[0], b_k[0]
-    mean_lmk = landmarks(neutral.mean(axis=0), topo.faces, load_anny_head_landmarks())  # (L, 3)
+    mean_lmk = landmarks(neutral.mean(axis=0), load_anny_head_landmarks())  # (L, 3)
     source = AdultSource(neutral, bases, topo.faces, mean_lmk, "anny-head")
     return remesh_source(source, config.reduction) if config.topology is SourceTopology.decimated else source
 
@@ -200,7 +200,7 @@ def source_mapping(
     source: AdultSource, target_mean: np.ndarray, target_faces: np.ndarray, config: TransferConfig
 ):
     """M from the mean adult of `source` onto the mean target (infant) mesh (N, 3) of Anny's topology."""
-    target_lmk = landmarks(target_mean, target_faces, load_anny_head_landmarks())
+    target_lmk = landmarks(target_mean, load_anny_head_landmarks())
     return compute_mapping(
         source.neutral.mean(axis=0),
         source.faces,
@@ -329,7 +329,7 @@ def validate_transfer(
         ),
     }
     scale = _scales_deformation(transfer, prior)
-    target_lmk = landmarks(target_mean, topo.faces, load_anny_head_landmarks())
+    target_lmk = landmarks(target_mean, load_anny_head_landmarks())
     methods = {}
     for name, (source, mapping) in settings.items():
         transform = (

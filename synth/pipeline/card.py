@@ -91,6 +91,7 @@ def write_card(dataset_dir: str | Path, summary_lines: list[str] | None = None) 
         f"- id: `{model['id']}`",
         f"- path: `{model['path']}`",
         f"- dims: {', '.join(f'{k}={v}' for k, v in manifest['dims'].items())}",
+        f"- landmarks: {manifest.get('landmarks', 'not recorded')}",
         "",
         "## Expressions",
         "",

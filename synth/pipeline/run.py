@@ -29,8 +29,9 @@ from synth.pipeline.plan import (
     to_jsonable,
     write_run_file,
 )
-from synth.pipeline.stages import ShardResult, WorkerSpec, run_in_process
+from synth.pipeline.stages import NO_LANDMARKS, ShardResult, WorkerSpec, landmark_definition, run_in_process
 from synth.records.config import Overwrite
+from synth.records.schema import LANDMARKS
 from synth.records.writer import (
     complete_shards,
     read_shard_info,
@@ -105,6 +106,8 @@ def prepare(cfg: GenerateConfig, output_dir: Path | None = None) -> tuple[Worker
     model_dir = Path(resolve_model(cfg.model)).absolute()
     model = FaceModel.load(model_dir)
     sampler_for(cfg, model)  # raises SynthError when the sampler asks for what the model lacks
+    if landmark_definition(model) is None:  # raises SynthError when a known topology's cannot be attached
+        log.warning("face model %s: %s", model.model_id, NO_LANDMARKS)
     fingerprint = fingerprint_config(cfg, model.model_id)
     resuming = check_output_dir(out, fingerprint, cfg.output.overwrite)
     if resuming:
@@ -179,7 +182,11 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
         au_names=list(model.au_names),
         samples_per_shard=cfg.output.samples_per_shard,
         timings={**stage_s, "wall": wall},
-        extra={"config_sha256": fingerprint_hash(fingerprint), "run_file": RUN_FILE},
+        extra={
+            "config_sha256": fingerprint_hash(fingerprint),
+            "run_file": RUN_FILE,
+            "landmarks": _landmark_summary(model),
+        },
     )
     summary = RunSummary(
         output_dir=out,
@@ -225,10 +232,16 @@ def _replace(out: Path) -> None:
 
 
 def _landmarks_json(model: Any) -> dict[str, Any] | None:
-    from synth.pipeline.stages import landmark_definition
-
     definition = landmark_definition(model)
     return None if definition is None else definition.to_json()
+
+
+def _landmark_summary(model: Any) -> str:
+    """What the manifest says of the landmarks: their count and definition file, or why there are none."""
+    definition = landmark_definition(model)
+    if definition is None:
+        return NO_LANDMARKS
+    return f"{len(definition.names)} landmarks of topology {definition.topology!r} ({LANDMARKS})"
 
 
 def _finish(out: Path, cfg: GenerateConfig, summary: RunSummary) -> None:

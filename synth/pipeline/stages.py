@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from synth.errors import SynthError
 from synth.facemodel.au_labels import au_labeller
 from synth.facemodel.flows import BLOCK
 from synth.pipeline.config import GenerateConfig
@@ -81,19 +82,41 @@ def sampler_for(cfg: GenerateConfig, model: Any) -> Sampler:
     return Sampler(cfg.sampler, cfg.seed, latent_space(model))
 
 
+# What a dataset without landmarks says about them (run log, manifest, card).
+NO_LANDMARKS = (
+    "no landmarks: synth has no landmark definition for this model's topology, so lmk2d / lmk3d are empty "
+    "(L = 0) and visible_landmarks is null"
+)
+
+
 @lru_cache(maxsize=4)
-def _faces_landmarks(faces_bytes: bytes, shape: tuple[int, int]) -> Any:
-    from synth.facemodel.landmarks import faces_hash, load_anny_head_landmarks
+def _faces_landmarks(faces_bytes: bytes, shape: tuple[int, int], n_vertices: int) -> Any:
+    from synth.facemodel.landmarks import load_anny_head_landmarks
+    from synth.facemodel.topology import connectivity_hash
 
     faces = np.frombuffer(faces_bytes, dtype=np.int64).reshape(shape)
     definition = load_anny_head_landmarks()
-    return definition if faces_hash(faces) == definition.faces_sha256 else None
+    if definition.matches(faces, n_vertices):
+        return definition
+    if n_vertices == definition.n_vertices:
+        raise SynthError(
+            f"face model: it has the {n_vertices} vertices of the {definition.topology!r} topology but "
+            f"another connectivity ({connectivity_hash(faces, n_vertices)}, the landmarks need "
+            f"{definition.connectivity}), so its 23 landmarks cannot be attached; rebuild the model with "
+            "this synth (`synth build-model`, or delete it from the cache) or set model.path to a model of "
+            f"the {definition.topology!r} topology"
+        )
+    return None
 
 
 def landmark_definition(model: Any) -> Any:
-    """The landmark definition for the model's topology, or None when there is none for it."""
+    """The landmark definition for the model's topology, or None when synth has none for it.
+
+    Raises SynthError for a mesh with a known topology's vertex count whose landmarks cannot be attached
+    (another connectivity): labels are never dropped silently.
+    """
     faces = np.ascontiguousarray(_numpy(model.faces), dtype=np.int64)
-    return _faces_landmarks(faces.tobytes(), faces.shape)
+    return _faces_landmarks(faces.tobytes(), faces.shape, int(model.n_vertices))
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -171,7 +194,7 @@ class GeometryStage:
         if self.landmarks is not None:
             from synth.facemodel.landmarks import landmarks
 
-            lmk3d = landmarks(vertices, self.faces, self.landmarks)  # (B, L, 3)
+            lmk3d = landmarks(vertices, self.landmarks)  # (B, L, 3)
         else:
             lmk3d = vertices.new_zeros((len(index), 0, 3))
         return {

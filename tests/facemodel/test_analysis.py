@@ -94,12 +94,11 @@ def test_error_table_per_region() -> None:
 
 def test_regions_partition_the_topology_around_their_landmarks(tiny) -> None:
     definition = load_anny_head_landmarks()
-    verts, faces = tiny.mean_shape.numpy(), tiny.faces.numpy()
-    regions = face_regions(verts, faces, definition)
+    regions = face_regions(tiny.mean_shape.numpy(), definition)
     assert list(regions) == list(REGIONS)
     total = sum(m.astype(int) for m in regions.values())
     assert (total == 1).all()
-    ids = definition.vertex_ids(faces)
+    ids = definition.vertex_ids
     for name, region in (
         ("ls", "mouth"),
         ("chL", "mouth"),
@@ -113,7 +112,7 @@ def test_regions_partition_the_topology_around_their_landmarks(tiny) -> None:
     assert regions["rest"][ids[definition.index("tL")]].all()
     # the face regions are small parts of the head
     assert all(0.02 < regions[r].mean() < 0.3 for r in ("mouth", "eyes", "nose"))
-    assert landmarks(verts, faces, definition).shape == (23, 3)
+    assert landmarks(tiny.mean_shape.numpy(), definition).shape == (23, 3)
 
 
 def test_reconstruction_experiment_on_tiny_model_samples(tiny) -> None:
@@ -134,7 +133,7 @@ def test_reconstruction_experiment_on_tiny_model_samples(tiny) -> None:
         expression_aus=tiny.expression_aus[exs].numpy(),
         identity_ids=["h0", "h1"],
     )
-    regions = face_regions(tiny.mean_shape.numpy(), tiny.faces.numpy(), load_anny_head_landmarks())
+    regions = face_regions(tiny.mean_shape.numpy(), load_anny_head_landmarks())
     result = reconstruction_experiment(
         tiny, held, FAST, regions, TrainingMeshes.random, 0.99, seed=0, batch_size=8
     )

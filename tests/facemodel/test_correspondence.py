@@ -21,7 +21,7 @@ def _check_rows(matrix: sp.csr_matrix) -> None:
 
 def test_coincident_meshes_give_the_identity() -> None:
     verts, faces = template()
-    lmk = landmarks(verts, faces, load_anny_head_landmarks())
+    lmk = landmarks(verts, load_anny_head_landmarks())
     corr = compute_mapping(verts, faces, lmk, verts, faces, lmk)
     assert corr.matrix.shape == (len(verts), len(verts))
     _check_rows(corr.matrix)
@@ -34,7 +34,7 @@ def test_similarity_moved_source_is_realigned() -> None:
     d = load_anny_head_landmarks()
     rot = Rotation.from_rotvec([0.3, -0.2, 1.1]).as_matrix()
     moved = 1.7 * verts @ rot.T + [0.2, -1.0, 0.5]  # another frame and units
-    corr = compute_mapping(moved, faces, landmarks(moved, faces, d), verts, faces, landmarks(verts, faces, d))
+    corr = compute_mapping(moved, faces, landmarks(moved, d), verts, faces, landmarks(verts, d))
     assert corr.scale == pytest.approx(1 / 1.7, rel=1e-9)
     assert abs(corr.matrix - sp.eye(len(verts))).max() < 1e-9
     np.testing.assert_allclose(apply_transform(corr.transform, moved), verts, atol=1e-9)
@@ -55,7 +55,7 @@ def test_procrustes_recovers_a_similarity() -> None:
 def test_cross_topology_mapping_of_a_decimated_source() -> None:
     verts, faces = template()
     d = load_anny_head_landmarks()
-    lmk = landmarks(verts, faces, d)
+    lmk = landmarks(verts, d)
     src_v, src_f = fast_simplification.simplify(verts, faces, target_reduction=0.6)
     assert len(src_v) < 0.6 * len(verts)
     # landmarks of the decimated mesh: the closest points of the original landmarks on its surface

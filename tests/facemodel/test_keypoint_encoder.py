@@ -67,7 +67,7 @@ def test_reading_through_the_loader_matches_the_samples(data: ke.KeypointData, m
     assert {"train", "val", "test"} <= set(data.split)
     # The dataset's landmarks are the projections of its meshes through its cameras (what a fit inverts).
     definition = load_anny_head_landmarks()
-    proj = data.cameras.project(landmarks(data.mesh, model.faces.numpy(), definition))[..., :2]
+    proj = data.cameras.project(landmarks(data.mesh, definition))[..., :2]
     assert (proj - data.lmk2d[..., :2]).abs().max() < 1e-2
     feats = ke.keypoint_features(data.lmk2d, data.cameras)
     assert feats.shape == (320, 3 * len(definition.names) + 12) and torch.isfinite(feats).all()
@@ -178,10 +178,9 @@ def test_encoder_initialised_fit_improves_on_the_encoder_alone(
     test = _split(data, "test").subset(slice(0, 6))
     fm = fit_model_from_face_model(model)
     definition = load_anny_head_landmarks()
-    faces = model.faces.numpy()
 
     def lmk(v: torch.Tensor) -> torch.Tensor:
-        return landmarks(v, faces, definition)
+        return landmarks(v, definition)
 
     enc = trained.encoder
     mu_id, mu_ex = enc.predict(test.lmk2d, test.cameras)

