@@ -2,6 +2,11 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from synth import cpu
+
+# Before any tensor operation of the process: one floating-point code path on every x86-64 CPU.
+cpu.pin()
+
 try:
     __version__ = version("synth")
 except PackageNotFoundError:  # running from a source tree that is not installed

@@ -81,7 +81,11 @@ class LatentFlow(nn.Module):
     ) -> None:
         super().__init__()
         self.register_buffer("pca_mean", pca_mean.float().clone())
-        self.register_buffer("pca_basis", pca_basis.float().clone())
+        # contiguous whatever the caller's strides (an SVD's transposed view): a GEMM's rounding depends on
+        # its operands' layout, and a saved and reloaded flow must give the bytes of the one just trained
+        self.register_buffer(
+            "pca_basis", pca_basis.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        )
         self.register_buffer("pca_std", pca_std.float().clone())
         self.layers, self.hidden, self.hidden_layers = layers, hidden, hidden_layers
         self.flow = zuko.flows.RealNVP(

@@ -168,12 +168,28 @@ def clear_dataset(out: Path) -> None:
     log.info("output.overwrite=REPLACE: cleared the previous dataset in %s", out)
 
 
-def write_run_file(out: Path, fingerprint: dict[str, Any], config: dict[str, Any]) -> None:
-    """Record the run's fingerprint before the first shard (what a resume is checked against)."""
+def write_run_file(
+    out: Path, fingerprint: dict[str, Any], config: dict[str, Any], code_path: dict[str, Any]
+) -> None:
+    """Record the run's fingerprint before the first shard (what a resume is checked against), and the
+    floating-point code path (`synth.cpu.code_path()`) of this run next to those of earlier runs of the
+    dataset. A resume on another code path is allowed and says what it means."""
+    earlier: list[dict[str, Any]] = []
+    if (out / RUN_FILE).is_file():
+        earlier = json.loads((out / RUN_FILE).read_text()).get("code_paths", [])
+    new = code_path["key"] not in {p["key"] for p in earlier}
+    if earlier and new:
+        log.warning(
+            "output.dir=%s was started on code path [%s] (%s); this run uses [%s] (%s): the shards it "
+            "adds may differ from those a run on the first code path writes for the same config (geometry "
+            "within the tolerance in docs/architecture.md, not byte for byte)",
+            out, earlier[0]["key"], earlier[0]["cpu"], code_path["key"], code_path["cpu"],
+        )  # fmt: skip
     body = {
         "fingerprint": fingerprint,
         "fingerprint_sha256": fingerprint_hash(fingerprint),
         "config": config,
         "synth_version": synth.__version__,
+        "code_paths": [*earlier, code_path] if new else earlier,
     }
     atomic_write_text(out / RUN_FILE, json.dumps(body, indent=2, sort_keys=True) + "\n")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from synth.cpu import ATEN_CAPABILITY, MKL_BRANCH, code_path, pinned
 from synth.errors import SynthError
 from synth.pipeline.config import Executor, GenerateConfig
 from synth.pipeline.plan import (
@@ -119,7 +120,20 @@ def prepare(cfg: GenerateConfig, output_dir: Path | None = None) -> tuple[Worker
                 f"{len(units)}; a dataset cannot shrink in place: choose a new output.dir "
                 "(samples 0..n-1 are the same in any run of this config)"
             )
-    spec = WorkerSpec(cfg=cfg, model_dir=str(model_dir), output_dir=str(out), model_id=model.model_id)
+    if not pinned():
+        path = code_path()
+        log.warning(
+            "this process runs code path [%s], not synth's pinned one (MKL %s, ATen %s): the geometry "
+            "bytes are reproducible on machines of this kind only (see synth.cpu)",
+            path["key"], MKL_BRANCH, ATEN_CAPABILITY,
+        )  # fmt: skip
+    spec = WorkerSpec(
+        cfg=cfg,
+        model_dir=str(model_dir),
+        output_dir=str(out),
+        model_id=model.model_id,
+        code_path=code_path()["key"],
+    )
     return spec, resuming
 
 
@@ -135,7 +149,7 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
     if not resuming and out.exists() and cfg.output.overwrite is Overwrite.REPLACE:
         _replace(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_run_file(out, fingerprint, to_jsonable(cfg))
+    write_run_file(out, fingerprint, to_jsonable(cfg), code_path())
     write_dataset_files(out, model.faces, list(model.au_names), landmarks=_landmarks_json(model))
 
     units = shard_units(cfg.num_samples, cfg.output.samples_per_shard)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from synth.cpu import code_path
 from synth.errors import SynthError
 from synth.facemodel.au_labels import au_labeller
 from synth.facemodel.flows import BLOCK
@@ -51,6 +52,7 @@ class WorkerSpec:
     model_dir: str
     output_dir: str
     model_id: str
+    code_path: str  # the driver's `synth.cpu.code_path()["key"]`; every worker must run the same
 
 
 @dataclass
@@ -64,6 +66,18 @@ class ShardResult:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+
+
+def check_code_path(driver: str) -> None:
+    """Refuse to compute geometry on a floating-point code path other than the driver's (`synth.cpu`):
+    on a mixed cluster its shards would differ from the ones any other node writes for the same config."""
+    here = code_path()
+    if here["key"] != driver:
+        raise RuntimeError(
+            f"worker on {here['cpu']} ({here['isa']}) runs code path [{here['key']}], the driver runs "
+            f"[{driver}]; its geometry bytes would differ. Give every node the same torch build and an "
+            "AVX2-capable x86-64 CPU, and import synth before running any tensor operation (see synth.cpu)"
+        )
 
 
 def latent_space(model: Any) -> LatentSpace:
@@ -222,6 +236,7 @@ class GeometryWorker:
         from synth.facemodel.model import FaceModel
         from synth.render.stage import RenderStage
 
+        check_code_path(spec.code_path)
         self.spec = spec
         cfg = spec.cfg
         self.model = FaceModel.load(spec.model_dir)

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from synth.cpu import code_path
 from synth.errors import SynthError
 from synth.pipeline.config import Executor, GenerateConfig, RuntimeConfig
 from synth.pipeline.plan import (
@@ -53,7 +54,7 @@ def test_output_dir_new_empty_resume_and_refusals(tmp_path: Path) -> None:
     assert not out.exists()  # and nothing was written
     out.mkdir()
     assert check_output_dir(out, fp, Overwrite.RESUME) is False  # empty: new
-    write_run_file(out, fp, to_jsonable(cfg))
+    write_run_file(out, fp, to_jsonable(cfg), code_path())
     assert check_output_dir(out, fp, Overwrite.RESUME) is True  # same config: resume
     other = fingerprint_config(GenerateConfig(seed=5), "m1")
     with pytest.raises(SynthError, match=r"different config \(differs in: seed\)"):
