@@ -5,13 +5,16 @@ PyTorch picks its kernels by the CPU it runs on, and each rounds differently:
   memory alignment and on a row's position in its block (measured: a flow's output changed with the
   buffer's offset, and with the rows it was batched with).
 - ATen's vectorised element-wise and reduction kernels (exp, tanh, sums) have AVX2 and AVX-512 versions.
+- NumPy dispatches its float functions (sin, cos, exp for the cameras and lights) to AVX-512 versions
+  where the CPU has them.
 - Warp compiles the rasterizer's CPU kernels for the host (`-march=native`).
-`pin()` fixes all three before any of them runs (`import synth` calls it):
+`pin()` fixes all four before any of them runs (`import synth` calls it):
 - `MKL_CBWR=COMPATIBLE`: MKL's conditional numerical reproducibility on its SSE2 branch, the one branch
   MKL runs on every x86-64 CPU, Intel or not (its AVX2 branch is Intel-only: elsewhere MKL silently
   falls back to the AUTO branch, measured on AMD EPYC). With it the results no longer depend on alignment
   or batch position either.
 - `ATEN_CPU_CAPABILITY=avx2`: ATen's AVX2 kernels on AVX2 and AVX-512 machines alike.
+- `NPY_DISABLE_CPU_FEATURES`: NumPy's AVX-512 dispatch targets off (NumPy reads it when imported).
 - Warp's CPU kernels for `x86-64-v3` (AVX2 + FMA) instead of the host (see `synth.quiet_warp`).
 The pins are environment variables read when MKL / ATen start, so they must be set before the first
 tensor operation of the process; `code_path()` reads back what is in force, and the pipeline compares it
@@ -29,7 +32,12 @@ from typing import Any
 MKL_BRANCH = "COMPATIBLE"
 ATEN_CAPABILITY = "avx2"
 WARP_TARGET = "x86-64-v3"
-PINNED_ENV = {"MKL_CBWR": MKL_BRANCH, "ATEN_CPU_CAPABILITY": ATEN_CAPABILITY}
+NUMPY_LEVEL = "X86_V3"  # NumPy's dispatch target for AVX2 + FMA; the ones above it are disabled
+PINNED_ENV = {
+    "MKL_CBWR": MKL_BRANCH,
+    "ATEN_CPU_CAPABILITY": ATEN_CAPABILITY,
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+}
 
 # mkl_service.h: mkl_cbwr_get(MKL_CBWR_BRANCH) return values
 _MKL_BRANCHES = {
@@ -70,13 +78,22 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def numpy_level() -> str:
+    """The highest of NumPy's dispatch targets in force in this process (e.g. "X86_V3")."""
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    enabled = [t for t in __cpu_dispatch__ if __cpu_features__.get(t)]
+    return enabled[-1] if enabled else "baseline"
+
+
 @cache
 def code_path() -> dict[str, Any]:
     """What decides the geometry's bytes in this process, and the CPU it runs on.
 
-    "key": torch version, ATen capability, MKL branch: equal keys give equal geometry bytes (the promise in
-    docs/architecture.md). "cpu", "vendor", "isa": the machine, for the record.
+    "key": torch and NumPy versions, ATen capability, MKL branch, NumPy dispatch target: equal keys give
+    equal geometry bytes (the promise in docs/architecture.md). "cpu", "isa": the machine, for the record.
     """
+    import numpy as np
     import torch
 
     from synth.hardware import cpu_model
@@ -85,12 +102,15 @@ def code_path() -> dict[str, Any]:
     isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else platform.machine()
     capability = torch.backends.cpu.get_cpu_capability()
     branch = mkl_branch()
+    level = numpy_level()
     return {
-        "key": f"torch {torch.__version__} / aten {capability} / mkl {branch}",
+        "key": f"torch {torch.__version__} / aten {capability} / mkl {branch} / numpy {np.__version__} "
+        f"{level}",
         "cpu": cpu_model(),
         "isa": isa,
         "aten": capability,
         "mkl": branch,
+        "numpy": level,
     }
 
 
@@ -98,4 +118,8 @@ def pinned() -> bool:
     """Whether this process runs the pinned code path (False on a CPU without AVX2, or when something ran
     a tensor operation before `pin()`)."""
     path = code_path()
-    return path["aten"] == ATEN_CAPABILITY.upper() and path["mkl"] in (MKL_BRANCH, "none")
+    return (
+        path["aten"] == ATEN_CAPABILITY.upper()
+        and path["mkl"] in (MKL_BRANCH, "none")
+        and path["numpy"] == NUMPY_LEVEL
+    )

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from synth.cpu import PINNED_ENV
 from synth.errors import SynthError
 from synth.pipeline.plan import ShardUnit
 from synth.pipeline.stages import (
@@ -149,8 +150,10 @@ def init_ray(spec: WorkerSpec) -> bool:
         return False
     runtime = spec.cfg.runtime
     address = runtime.address or os.environ.get("RAY_ADDRESS")
+    # Workers start with synth's floating-point pins, before anything (numpy, imported by Ray) reads them.
+    runtime_env = {"env_vars": dict(PINNED_ENV)}
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         log.info("joined the Ray cluster at %s: %s", address, ray.cluster_resources())
     else:
         ray.init(
@@ -159,6 +162,7 @@ def init_ray(spec: WorkerSpec) -> bool:
             include_dashboard=False,
             log_to_driver=True,
             logging_level=logging.WARNING,
+            runtime_env=runtime_env,
         )
     return True
 
