@@ -15,7 +15,7 @@ PyTorch picks its kernels by the CPU it runs on, and each rounds differently:
   or batch position either.
 - `ATEN_CPU_CAPABILITY=avx2`: ATen's AVX2 kernels on AVX2 and AVX-512 machines alike.
 - `NPY_DISABLE_CPU_FEATURES`: NumPy's AVX-512 dispatch targets off (NumPy reads it when imported).
-- Warp's CPU kernels for `x86-64-v3` (AVX2 + FMA) instead of the host (see `synth.quiet_warp`).
+- Warp's CPU kernels for its generic x86-64 target instead of the host (see `synth.quiet_warp`).
 The pins are environment variables read when MKL / ATen start, so they must be set before the first
 tensor operation of the process; `code_path()` reads back what is in force, and the pipeline compares it
 between the driver, every worker and earlier runs of a dataset (`run.json`).
@@ -31,7 +31,6 @@ from typing import Any
 # Values as the libraries spell them.
 MKL_BRANCH = "COMPATIBLE"
 ATEN_CAPABILITY = "avx2"
-WARP_TARGET = "x86-64-v3"
 NUMPY_LEVEL = "X86_V3"  # NumPy's dispatch target for AVX2 + FMA; the ones above it are disabled
 PINNED_ENV = {
     "MKL_CBWR": MKL_BRANCH,
