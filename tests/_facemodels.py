@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from synth.facemodel.build import model_from_tensor
-from synth.facemodel.config import FlowConfig, ModelConfig, ModelSource
+from synth.build.build import model_from_tensor
+from synth.build.config import ModelConfig, ModelSource
+from synth.facemodel.config import FlowConfig
 from synth.facemodel.model import FaceModel
 from synth.facemodel.tensor import FaceTensor
 

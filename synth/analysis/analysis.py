@@ -19,18 +19,21 @@ import torch
 from scipy.stats import chi2
 from torch import Tensor
 
-from synth.facemodel.baseline import PcaShapeModel, TrainingMeshes, fit_pca, training_meshes
-from synth.facemodel.fitting import (
+from synth.errors import SynthError
+from synth.facemodel.model import FaceModel
+from synth.facemodel.tensor import FaceTensor
+from synth.fitting.baseline import PcaShapeModel, TrainingMeshes, fit_pca, training_meshes
+from synth.fitting.fitting import (
     FitOptions,
+    LatentFit,
     Prior,
     fit_keypoints,
     fit_meshes,
     fit_model_from_face_model,
     neutral_twin,
 )
-from synth.facemodel.metrics import diversity, error_table, mean_sd, per_vertex_error, specificity
-from synth.facemodel.model import FaceModel
-from synth.facemodel.tensor import FaceTensor
+from synth.fitting.keypoint_encoder import KeypointData, KeypointEncoder, fit_keypoints_lipflow
+from synth.fitting.metrics import diversity, error_table, mean_sd, per_vertex_error, specificity
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +173,7 @@ def keypoint_experiment(
     projected by the dataset's camera sampler, fitted under (a) the flow prior, (b) a Gaussian prior on w,
     (c) no prior. Reports the 3D per-vertex error (mm) of the recovered meshes and the 2D residual (px).
     """
-    from synth.facemodel.landmarks import landmarks, load_anny_head_landmarks
+    from synth.labels.landmarks import landmarks, load_anny_head_landmarks
     from synth.render.camera import sample_cameras
     from synth.render.config import RenderConfig
     from synth.seeding import Stage, numpy_rng
@@ -210,6 +213,92 @@ def keypoint_experiment(
 # ----------------------------------------------------------------------------------------------------
 # Latent analyses
 # ----------------------------------------------------------------------------------------------------
+
+
+def dataset_keypoint_experiment(
+    face_model: FaceModel,
+    data: KeypointData,
+    encoder: KeypointEncoder | None,
+    options: FitOptions,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """LiP-Flow's setting on held-out *dataset* samples (meshes, 2D landmarks and cameras as written by
+    `synth generate`): fits under the flow / Gaussian / no prior from the mean start and, with an encoder,
+    the encoder alone, its start under the flow prior, and LiP-Flow (its start and conditional prior).
+
+    face_model: the `FaceModel` that made `data` (data.mesh required). Same result layout as
+    `keypoint_experiment` (`keypoint_markdown` renders it).
+    """
+    from synth.labels.landmarks import landmarks, load_anny_head_landmarks
+
+    if data.mesh is None:
+        raise ValueError(
+            "dataset_keypoint_experiment needs the samples' meshes (read_keypoint_data(mesh=True))"
+        )
+    wrong = sorted(set(data.model_ids) - {face_model.model_id})
+    if wrong:
+        raise SynthError(f"data: samples were made by face model(s) {wrong}, not {face_model.model_id}")
+    definition = load_anny_head_landmarks()
+    faces = face_model.faces.numpy()
+    definition.check_topology(faces)
+
+    def lmk(v: Tensor) -> Tensor:
+        return landmarks(v, faces, definition)
+
+    fm = fit_model_from_face_model(face_model)
+    n = len(data)
+    rows: dict[str, Any] = {}
+
+    def record(name: str, fits: list[LatentFit], parts: list[KeypointData]) -> None:
+        recon = torch.cat([f.vertices for f in fits])
+        px = torch.cat(
+            [
+                p.cameras.project(lmk(f.vertices))[..., :2] - p.lmk2d[..., :2]
+                for f, p in zip(fits, parts, strict=True)
+            ]
+        )
+        rows[name] = {
+            "vertex_error_mm": mean_sd(per_vertex_error(recon, data.mesh).mean(1)),
+            "keypoint_rmse_px": mean_sd(px.square().sum(-1).mean(-1).sqrt()),
+        }
+
+    parts = [data.subset(s) for s in _batches(n, batch_size)]
+    for prior in Prior:
+        opts = dataclasses.replace(options, prior=prior)
+        record(
+            prior.value,
+            [fit_keypoints(fm, p.lmk2d[..., :2].contiguous(), p.cameras, lmk, opts) for p in parts],
+            parts,
+        )
+    if encoder is not None:
+        alone = []
+        for p in parts:
+            mu_id, mu_ex = encoder.predict(p.lmk2d, p.cameras)
+            with torch.no_grad():
+                w = (fm.identity.to_w(mu_id), fm.expression.to_w(mu_ex))
+                alone.append(
+                    LatentFit(mu_id, mu_ex, *w, fm.decode(*w), torch.zeros(len(p)), torch.zeros(len(p)))
+                )
+        record("encoder alone (no fit)", alone, parts)
+        for name, conditional in (
+            ("encoder start + flow prior", False),
+            ("encoder start + conditional flow prior (LiP-Flow)", True),
+        ):
+            record(
+                name,
+                [
+                    fit_keypoints_lipflow(fm, encoder, p.lmk2d, p.cameras, lmk, options, conditional)
+                    for p in parts
+                ],
+                parts,
+            )
+    mean_face = fm.decode(fm.identity.w_init[None], fm.expression.w_init[None]).expand_as(data.mesh)
+    return {
+        "samples": n,
+        "landmarks": len(definition.names),
+        "priors": rows,
+        "mean_face_error_mm": mean_sd(per_vertex_error(mean_face, data.mesh).mean(1)),
+    }
 
 
 def parallel_analysis(
@@ -432,7 +521,7 @@ def pairs_figure(
 
 def gaussianity_table(model: FaceModel) -> dict[str, Any]:
     """KS distances to N(0, I) of the training codes before (whitened w) and after (z) each flow."""
-    from synth.facemodel.report import gaussianity
+    from synth.build.report import gaussianity
 
     out = {}
     for name, flow, w in (

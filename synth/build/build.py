@@ -18,20 +18,20 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from synth.atomic import fsync_dir
+from synth.build.config import ModelConfig, ModelSource, build_spec, config_from_spec
 from synth.errors import SynthError
 from synth.facemodel import bilinear
-from synth.facemodel.config import ModelConfig, ModelSource, build_spec
 from synth.facemodel.flows import train_flow
 from synth.facemodel.model import FaceModel
 from synth.facemodel.tensor import FaceTensor
 
 if TYPE_CHECKING:
-    from synth.facemodel.anny_source import AnnySourceConfig
+    from synth.sources.anny_source import AnnySourceConfig
 from synth.seeding import Stage, seed_sequence, torch_generator
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,11 @@ def resolve_model(config: ModelConfig, progress: bool = True) -> Path:
     return build_model(config, out_dir=config.out, progress=progress)
 
 
+def default_model(progress: bool = True, device: str | torch.device = "cpu") -> FaceModel:
+    """The default infant model (`model=anny_infant`), built into the user cache on first use."""
+    return FaceModel.load(resolve_model(ModelConfig(), progress=progress), device)
+
+
 def build_model(config: ModelConfig, out_dir: str | Path | None = None, progress: bool = True) -> Path:
     """Build the model of `config` into `out_dir` (default: the cache) and return the directory.
 
@@ -84,7 +89,7 @@ def build_model(config: ModelConfig, out_dir: str | Path | None = None, progress
         model, held_out = build_face_model(config, progress)
         model.save(tmp)
         if config.report_held_out > 0:
-            from synth.facemodel.report import write_report
+            from synth.build.report import write_report
 
             write_report(model, held_out, tmp)
         _make_readable(tmp)
@@ -204,16 +209,16 @@ def model_from_tensor(tensor: FaceTensor, config: ModelConfig, progress: bool = 
 def source_tensor(config: ModelConfig, progress: bool) -> FaceTensor:
     """The training tensor of `config`'s source."""
     if config.source is ModelSource.tensor:
-        from synth.facemodel.tensor_file import load_tensor_npz
+        from synth.sources.tensor_file import load_tensor_npz
 
         tensor = load_tensor_npz(Path(config.tensor_path).expanduser())
         return select_expressions(tensor, config.expressions, "model.expressions")
     if config.source is ModelSource.anny_transfer:
-        from synth.facemodel.transfer import build_transfer_tensor
+        from synth.sources.transfer import build_transfer_tensor
 
         prior = _anny_prior(config, config.n_identities)
         return build_transfer_tensor(prior, config.transfer, config.seed, progress)
-    from synth.facemodel.anny_source import build_anny_tensor
+    from synth.sources.anny_source import build_anny_tensor
 
     return build_anny_tensor(_anny_prior(config, config.n_identities), config.seed, progress)
 
@@ -225,18 +230,34 @@ def held_out_tensor(config: ModelConfig, progress: bool) -> FaceTensor:
     seed = int(seed_sequence(config.seed, 1, Stage.BUILD).generate_state(1)[0])
     source = dataclasses.replace(_anny_prior(config, config.report_held_out), variants=False)
     if config.source is ModelSource.anny_transfer:
-        from synth.facemodel.transfer import build_transfer_tensor
+        from synth.sources.transfer import build_transfer_tensor
 
         return build_transfer_tensor(source, config.transfer, seed, progress)
-    from synth.facemodel.anny_source import build_anny_tensor
+    from synth.sources.anny_source import build_anny_tensor
 
     return build_anny_tensor(source, seed, progress)
+
+
+def report_for_directory(model_dir: Path, held_out: int | None, out: Path | None) -> dict[str, Any]:
+    """`synth model-report`: load the model, draw `held_out` fresh identities from its recorded Anny prior
+    through its own source (default count: its build setting; none for tensor-file models) and write the
+    report to `out` or the model."""
+    from synth.build.report import write_report
+
+    model = FaceModel.load(model_dir)
+    config = config_from_spec(model.info["build"])
+    n = config.report_held_out if held_out is None else held_out
+    tensor = None
+    if n > 0 and config.source in (ModelSource.anny, ModelSource.anny_transfer):
+        config.report_held_out = n
+        tensor = held_out_tensor(config, progress=True)
+    return write_report(model, tensor, out or model_dir)
 
 
 def _anny_prior(config: ModelConfig, n_identities: int) -> "AnnySourceConfig":
     """What the Anny source builds: `n_identities` from the prior, with variants, the model's expressions
     at its intensity."""
-    from synth.facemodel.anny_source import AnnySourceConfig
+    from synth.sources.anny_source import AnnySourceConfig
 
     return AnnySourceConfig(
         n_identities=n_identities,

@@ -205,20 +205,3 @@ def write_report(model: FaceModel, held_out: FaceTensor | None, directory: str |
     atomic_write_text(directory / REPORT_FILE, json.dumps(report, indent=1) + "\n")
     log.info("model report: %s", json.dumps(report["summary"]))
     return report
-
-
-def report_for_directory(model_dir: Path, held_out: int | None, out: Path | None) -> dict[str, Any]:
-    """`synth model-report`: load the model, draw `held_out` fresh identities from its recorded Anny prior
-    through its own source (default count: its build setting; none for tensor-file models) and write the
-    report to `out` or the model."""
-    from synth.facemodel.build import held_out_tensor
-    from synth.facemodel.config import ModelSource, config_from_spec
-
-    model = FaceModel.load(model_dir)
-    config = config_from_spec(model.info["build"])
-    n = config.report_held_out if held_out is None else held_out
-    tensor = None
-    if n > 0 and config.source in (ModelSource.anny, ModelSource.anny_transfer):
-        config.report_held_out = n
-        tensor = held_out_tensor(config, progress=True)
-    return write_report(model, tensor, out or model_dir)

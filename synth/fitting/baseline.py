@@ -3,7 +3,7 @@
 BabyFM is a PCA model of infant scans, each taken with whatever expression the infant had. Our analogue
 takes the model's training tensor and keeps one mesh per identity: with `TrainingMeshes.random` a seeded
 random expression per identity (uncontrolled expressions, as in BabyFM's scans), with `neutral` the
-neutral one. It is fitted exactly like the bilinear model (`synth.facemodel.fitting.fit_posed`: pose +
+neutral one. It is fitted exactly like the bilinear model (`synth.fitting.fitting.fit_posed`: pose +
 latents by L-BFGS) with the Gaussian prior of its PCA coefficients (BabyFlow eq. 22).
 """
 
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from synth.facemodel.fitting import FitOptions, LatentFactor, Prior, fit_posed
 from synth.facemodel.tensor import FaceTensor
+from synth.fitting.fitting import FitOptions, LatentFactor, Prior, fit_posed
 
 
 class TrainingMeshes(Enum):

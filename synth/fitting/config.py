@@ -3,10 +3,10 @@
 from dataclasses import dataclass, field
 from enum import Enum
 
-from synth.facemodel.baseline import TrainingMeshes
-from synth.facemodel.config import ModelConfig
-from synth.facemodel.fitting import FitOptions
-from synth.facemodel.keypoint_encoder import EncoderOptions
+from synth.build.config import ModelConfig
+from synth.fitting.baseline import TrainingMeshes
+from synth.fitting.fitting import FitOptions
+from synth.fitting.keypoint_encoder import EncoderOptions
 
 
 class FitTask(Enum):

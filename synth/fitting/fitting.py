@@ -29,8 +29,8 @@ from torch import Tensor
 from synth.atomic import atomic_write_bytes
 from synth.errors import SynthError
 from synth.facemodel.bilinear import bilinear_decode
-from synth.facemodel.metrics import MM_PER_M, per_vertex_error
 from synth.facemodel.model import FaceModel
+from synth.fitting.metrics import MM_PER_M, per_vertex_error
 from synth.render.camera import Cameras
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class FitOptions:
     outer_iters: int = 2  # alternations identity <-> expression (BabyFlow 4.5)
     inner_iters: int = 10  # L-BFGS iterations per block and alternation
     # Then both factors jointly: alternation alone stalls in the bilinear scale ambiguity
-    # (w_id * a, w_ex / a), where joint quasi-Newton steps move along it (tests/facemodel/test_fitting.py).
+    # (w_id * a, w_ex / a), where joint quasi-Newton steps move along it (tests/fitting/test_fitting.py).
     final_joint_iters: int = 100
     # Flow prior only: start from a Gaussian-prior fit (same schedule). In whitened w the energy is nearly
     # quadratic and converges in a few iterations; through the inverse flow it converges slowly from the

@@ -42,8 +42,7 @@ from torch import Tensor, nn
 
 from synth.atomic import atomic_write_bytes, atomic_write_text
 from synth.errors import SynthError
-from synth.facemodel.fitting import FitModel, FitOptions, LatentFactor, LatentFit, Prior, fit_keypoints
-from synth.facemodel.model import FaceModel
+from synth.fitting.fitting import FitModel, FitOptions, LatentFactor, LatentFit, Prior, fit_keypoints
 from synth.render.camera import Cameras
 
 log = logging.getLogger(__name__)
@@ -489,95 +488,3 @@ def fit_keypoints_lipflow(
         start = (model.identity.to_w(mu_id), model.expression.to_w(mu_ex))
     opts = dataclasses.replace(options, prior=Prior.flow)
     return fit_keypoints(fm, lmk2d[..., :2].contiguous(), cameras, landmarks, opts, start=start)
-
-
-# ---------------------------------------------------------------------------------------------- experiment
-
-
-def dataset_keypoint_experiment(
-    face_model: FaceModel,
-    data: KeypointData,
-    encoder: KeypointEncoder | None,
-    options: FitOptions,
-    batch_size: int = 16,
-) -> dict[str, Any]:
-    """LiP-Flow's setting on held-out *dataset* samples (meshes, 2D landmarks and cameras as written by
-    `synth generate`): fits under the flow / Gaussian / no prior from the mean start and, with an encoder,
-    the encoder alone, its start under the flow prior, and LiP-Flow (its start and conditional prior).
-
-    face_model: the `FaceModel` that made `data` (data.mesh required). Same result layout as
-    `analysis.keypoint_experiment` (`analysis.keypoint_markdown` renders it).
-    """
-    from synth.facemodel.analysis import _batches
-    from synth.facemodel.fitting import fit_model_from_face_model
-    from synth.facemodel.landmarks import landmarks, load_anny_head_landmarks
-    from synth.facemodel.metrics import mean_sd, per_vertex_error
-
-    if data.mesh is None:
-        raise ValueError(
-            "dataset_keypoint_experiment needs the samples' meshes (read_keypoint_data(mesh=True))"
-        )
-    wrong = sorted(set(data.model_ids) - {face_model.model_id})
-    if wrong:
-        raise SynthError(f"data: samples were made by face model(s) {wrong}, not {face_model.model_id}")
-    definition = load_anny_head_landmarks()
-    faces = face_model.faces.numpy()
-    definition.check_topology(faces)
-
-    def lmk(v: Tensor) -> Tensor:
-        return landmarks(v, faces, definition)
-
-    fm = fit_model_from_face_model(face_model)
-    n = len(data)
-    rows: dict[str, Any] = {}
-
-    def record(name: str, fits: list[LatentFit], parts: list[KeypointData]) -> None:
-        recon = torch.cat([f.vertices for f in fits])
-        px = torch.cat(
-            [
-                p.cameras.project(lmk(f.vertices))[..., :2] - p.lmk2d[..., :2]
-                for f, p in zip(fits, parts, strict=True)
-            ]
-        )
-        rows[name] = {
-            "vertex_error_mm": mean_sd(per_vertex_error(recon, data.mesh).mean(1)),
-            "keypoint_rmse_px": mean_sd(px.square().sum(-1).mean(-1).sqrt()),
-        }
-
-    parts = [data.subset(s) for s in _batches(n, batch_size)]
-    for prior in Prior:
-        opts = dataclasses.replace(options, prior=prior)
-        record(
-            prior.value,
-            [fit_keypoints(fm, p.lmk2d[..., :2].contiguous(), p.cameras, lmk, opts) for p in parts],
-            parts,
-        )
-    if encoder is not None:
-        alone = []
-        for p in parts:
-            mu_id, mu_ex = encoder.predict(p.lmk2d, p.cameras)
-            with torch.no_grad():
-                w = (fm.identity.to_w(mu_id), fm.expression.to_w(mu_ex))
-                alone.append(
-                    LatentFit(mu_id, mu_ex, *w, fm.decode(*w), torch.zeros(len(p)), torch.zeros(len(p)))
-                )
-        record("encoder alone (no fit)", alone, parts)
-        for name, conditional in (
-            ("encoder start + flow prior", False),
-            ("encoder start + conditional flow prior (LiP-Flow)", True),
-        ):
-            record(
-                name,
-                [
-                    fit_keypoints_lipflow(fm, encoder, p.lmk2d, p.cameras, lmk, options, conditional)
-                    for p in parts
-                ],
-                parts,
-            )
-    mean_face = fm.decode(fm.identity.w_init[None], fm.expression.w_init[None]).expand_as(data.mesh)
-    return {
-        "samples": n,
-        "landmarks": len(definition.names),
-        "priors": rows,
-        "mean_face_error_mm": mean_sd(per_vertex_error(mean_face, data.mesh).mean(1)),
-    }

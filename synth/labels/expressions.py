@@ -1,6 +1,6 @@
 """The expression catalogue: BabyFlow's 76 expressions as FACS AU sets; the AU -> Anny facial-action table.
 
-The data lives in `synth/facemodel/data/expressions.json` (Tables B1/B2 of the BabyFlow paper, seed 000):
+The data lives in `synth/labels/data/expressions.json` (Tables B1/B2 of the BabyFlow paper, seed 000):
 - 46 action units (the FaceWarehouse blendshapes, left/right variants kept), each with its weights over
   Anny's 52 ARKit-style facial actions (`anny.models.facial_actions.FACIAL_ACTION_LABELS`) and a "why" note;
 - 76 expressions (index 0 "neutral", then the 46 single-AU expressions of Table B1, then the 29 composed
@@ -83,7 +83,7 @@ class Catalogue:
 
 
 def _fail(what: str) -> ValueError:
-    return ValueError(f"synth/facemodel/data/{CATALOGUE_FILE}: {what}")
+    return ValueError(f"synth/labels/data/{CATALOGUE_FILE}: {what}")
 
 
 def parse_catalogue(doc: dict) -> Catalogue:
@@ -161,7 +161,7 @@ def parse_catalogue(doc: dict) -> Catalogue:
 @cache
 def load_catalogue() -> Catalogue:
     """The packaged BabyFlow catalogue (46 AUs, 76 expressions, 52 facial actions), validated; cached."""
-    text = resources.files("synth.facemodel").joinpath("data", CATALOGUE_FILE).read_text(encoding="utf-8")
+    text = resources.files("synth.labels").joinpath("data", CATALOGUE_FILE).read_text(encoding="utf-8")
     return parse_catalogue(json.loads(text))
 
 

@@ -2,8 +2,8 @@
 
 A landmark is a point on a triangle: a face id and 3 barycentric weights over that face's vertices, so
 it follows any mesh of the topology (identity, expression, pose) and moves rigidly with rigid motion.
-The Anny head definition ships in `synth/facemodel/data/landmarks_anny_head.json`; it is derived from
-the Anny template by `derive_anny_head_landmarks` (`python -m synth.facemodel.landmarks` rewrites it),
+The Anny head definition ships in `synth/labels/data/landmarks_anny_head.json`; it is derived from
+the Anny template by `derive_anny_head_landmarks` (`python -m synth.labels.landmarks` rewrites it),
 with one note per landmark saying how it was located.
 
 Frame of the Anny head: metres, z up, the face looks towards -y, the subject's left is +x.
@@ -16,13 +16,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from synth.atomic import atomic_write_text
+from synth.errors import SynthError
+
+if TYPE_CHECKING:
+    from synth.facemodel.model import FaceModel
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,7 @@ class LandmarkDefinition:
             raise ValueError(
                 f"landmark definition is for topology {self.topology!r} (faces sha256 "
                 f"{self.faces_sha256[:12]}...), the mesh has another triangulation; derive landmarks "
-                "for it (e.g. transfer them with synth.facemodel.correspondence)"
+                "for it (e.g. transfer them with synth.sources.correspondence)"
             )
 
     def matrix(self, faces: np.ndarray, n_vertices: int) -> sp.csr_matrix:
@@ -137,7 +141,7 @@ class LandmarkDefinition:
 @lru_cache(maxsize=1)
 def load_anny_head_landmarks() -> LandmarkDefinition:
     """The shipped definition of the 23 landmarks on the Anny head topology (4538 vertices)."""
-    text = resources.files("synth.facemodel").joinpath("data", ANNY_HEAD_FILE).read_text()
+    text = resources.files("synth.labels").joinpath("data", ANNY_HEAD_FILE).read_text()
     return LandmarkDefinition.from_json(json.loads(text))
 
 
@@ -155,6 +159,18 @@ def landmarks(vertices: np.ndarray | torch.Tensor, faces: np.ndarray, definition
     vertices = np.asarray(vertices)
     w = definition.weights.astype(vertices.dtype, copy=False)
     return np.einsum("...lkd,lk->...ld", vertices[..., vid, :], w)
+
+
+def model_landmarks(model: "FaceModel", vertices: torch.Tensor) -> torch.Tensor:
+    """The 23 BabyFlow landmarks (B, 23, 3) of meshes (B, N, 3) of `model`'s topology, with the shipped
+    Anny head definition; SynthError when the model's topology is not the one it was defined on."""
+    definition = load_anny_head_landmarks()
+    faces = model.faces.detach().cpu().numpy()
+    try:
+        definition.check_topology(faces)
+    except ValueError as err:
+        raise SynthError(f"face model: {err}") from None
+    return landmarks(vertices, faces, definition)
 
 
 def vertex_point(vertex: int, faces: np.ndarray, allowed_faces: np.ndarray) -> tuple[int, np.ndarray]:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from synth.facemodel.landmarks import LANDMARK_NAMES, LandmarkDefinition, landmarks
+from synth.labels.landmarks import LANDMARK_NAMES, LandmarkDefinition, landmarks
 
 REGIONS: tuple[str, ...] = ("mouth", "eyes", "nose", "rest")
 

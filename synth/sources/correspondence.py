@@ -170,7 +170,7 @@ def compute_mapping(
 
     source_vertices (M, 3), source_faces (F_s, 3), source_landmarks (L, 3) and the target's (N, 3),
     (F_t, 3), (L, 3): the same L anatomical landmarks on both (e.g. the 23 of
-    `synth.facemodel.landmarks`), each in its own frame and units. warp: thin-plate-spline warp of the
+    `synth.labels.landmarks`), each in its own frame and units. warp: thin-plate-spline warp of the
     source onto the target landmarks before projecting; icp_iterations: rigid+scale ICP steps after the
     landmark alignment (0 = none); normal_min_cos: project each target vertex onto the closest
     source triangle facing the same way (`normal_compatible_projection`), None for plain closest points.

@@ -17,7 +17,7 @@ seed stream as `build_anny_tensor`, so the identities are the same), but their e
 adult Anny heads (age ~20-60 y) remeshed to a different topology (quadric decimation with
 `fast_simplification`, new vertices resampled barycentrically from the adult surface) and carried over
 by M computed between the mean adult and the mean infant (landmark Procrustes + thin-plate warp +
-nearest-triangle projection, `synth.facemodel.correspondence`), exactly as FaceWarehouse plays the
+nearest-triangle projection, `synth.sources.correspondence`), exactly as FaceWarehouse plays the
 source in the paper. `validate_transfer` compares the result with Anny's own infant expressions.
 """
 
@@ -30,7 +30,11 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from synth.facemodel.anny_source import (
+from synth.facemodel.tensor import FaceTensor
+from synth.labels.expressions import Catalogue, load_catalogue
+from synth.labels.landmarks import landmarks, load_anny_head_landmarks
+from synth.seeding import Stage, numpy_rng
+from synth.sources.anny_source import (
     AnnyPriorConfig,
     AnnySourceConfig,
     ExpressionScaling,
@@ -45,18 +49,14 @@ from synth.facemodel.anny_source import (
     variant_ids,
     years_to_anny_age,
 )
-from synth.facemodel.correspondence import (
+from synth.sources.correspondence import (
     Correspondence,
     barycentric_matrix,
     barycentric_projection,
     compute_mapping,
     similarity_procrustes,
 )
-from synth.facemodel.expressions import Catalogue, load_catalogue
-from synth.facemodel.landmarks import landmarks, load_anny_head_landmarks
-from synth.facemodel.tensor import FaceTensor
-from synth.facemodel.transfer_config import SourceTopology, TransferConfig
-from synth.seeding import Stage, numpy_rng
+from synth.sources.transfer_config import SourceTopology, TransferConfig
 
 log = logging.getLogger(__name__)
 

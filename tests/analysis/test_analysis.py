@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from synth.facemodel.analysis import (
+from synth.analysis.analysis import (
     critical_beta,
     gaussian_hyperellipsoid_samples,
     parallel_analysis,
@@ -18,12 +18,12 @@ from synth.facemodel.analysis import (
     reconstruction_markdown,
     training_tensor,
 )
-from synth.facemodel.baseline import TrainingMeshes
-from synth.facemodel.fitting import FitOptions
-from synth.facemodel.landmarks import landmarks, load_anny_head_landmarks
-from synth.facemodel.metrics import diversity, error_table, mean_vertex_distance, specificity
-from synth.facemodel.regions import REGIONS, face_regions
 from synth.facemodel.tensor import FaceTensor
+from synth.fitting.baseline import TrainingMeshes
+from synth.fitting.fitting import FitOptions
+from synth.fitting.metrics import diversity, error_table, mean_vertex_distance, specificity
+from synth.labels.landmarks import landmarks, load_anny_head_landmarks
+from synth.labels.regions import REGIONS, face_regions
 
 FAST = FitOptions(outer_iters=1, inner_iters=5, final_joint_iters=40)
 
@@ -204,8 +204,8 @@ def test_synth_fit_bad_input_is_one_line(tiny_model_dir, tmp_path: Path) -> None
 def test_fit_and_analyze_configs_compose_and_validate() -> None:
     from synth.cli._hydra import compose_config
     from synth.errors import SynthError
-    from synth.facemodel.fit_config import FitTask
-    from synth.facemodel.fitting import Alignment, Prior
+    from synth.fitting.config import FitTask
+    from synth.fitting.fitting import Alignment, Prior
 
     fit = compose_config("fit", ["model=tiny", "inputs=[a.ply]", "fit.prior=gaussian", "fit.alignment=rigid"])
     assert (

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from synth.build.build import build_model, cache_root, resolve_model, select_expressions
+from synth.build.config import ModelConfig, ModelSource, build_spec, config_from_spec
+from synth.build.report import model_report
 from synth.cli import main as synth_main
 from synth.cli._hydra import compose_config
 from synth.errors import SynthError
 from synth.facemodel import FaceModel
-from synth.facemodel.build import build_model, cache_root, resolve_model, select_expressions
-from synth.facemodel.config import ModelConfig, ModelSource, build_spec, config_from_spec
-from synth.facemodel.report import model_report
-from synth.facemodel.tensor_file import save_tensor_npz
-from tests.facemodel._facemodels import synthetic_config, synthetic_model, synthetic_tensor
+from synth.sources.tensor_file import save_tensor_npz
+from tests._facemodels import synthetic_config, synthetic_model, synthetic_tensor
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_every_model_preset_composes_and_validates(preset: str) -> None:
     config = compose_config("build_model", overrides).model
     assert isinstance(config, ModelConfig)
     if preset == "anny_infant":
-        assert config == ModelConfig()  # the default model is the dataclass default (FaceModel.default())
+        assert config == ModelConfig()  # the default model is the dataclass default (default_model())
         assert config.n_identities == 95 and config.expressions == [] and config.flow.layers == 6
     if preset == "tiny":
         assert config.n_identities < 10 and 0 < len(config.expressions) < 10
@@ -99,7 +99,7 @@ def test_a_killed_builds_leftovers_are_removed_by_the_next_build(tensor_file: Pa
     import subprocess
     import sys
 
-    from synth.facemodel.build import _building_prefix
+    from synth.build.build import _building_prefix
 
     target = tmp_path / "models" / "m"
     target.parent.mkdir(parents=True)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 
-from synth.facemodel.fitting import FitModel, LatentFactor
+from synth.fitting.fitting import FitModel, LatentFactor
 
 
 def affine_factor(w_train: torch.Tensor, w_init: torch.Tensor) -> LatentFactor:

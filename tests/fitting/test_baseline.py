@@ -5,10 +5,10 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from synth.facemodel.baseline import PcaShapeModel, TrainingMeshes, fit_pca, training_meshes
-from synth.facemodel.fitting import FitOptions, Similarity
-from synth.facemodel.metrics import per_vertex_error
 from synth.facemodel.tensor import FaceTensor
+from synth.fitting.baseline import PcaShapeModel, TrainingMeshes, fit_pca, training_meshes
+from synth.fitting.fitting import FitOptions, Similarity
+from synth.fitting.metrics import per_vertex_error
 
 
 def _meshes(n: int = 30, n_vert: int = 60, rank: int = 4, seed: int = 0) -> np.ndarray:
@@ -67,7 +67,7 @@ def test_training_meshes_one_per_identity() -> None:
 
 @pytest.mark.parametrize("variance", [0.0, 1.5])
 def test_fit_config_rejects_bad_baseline_variance(variance: float) -> None:
-    from synth.facemodel.fit_config import FitConfig, FitTask
+    from synth.fitting.config import FitConfig, FitTask
 
     with pytest.raises(ValueError, match="baseline_variance"):
         FitConfig(task=FitTask.keypoints, baseline_variance=variance)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from synth.facemodel.fitting import (
+from synth.fitting.fitting import (
     Alignment,
     FitOptions,
     NeutraliseStage,
@@ -26,7 +26,7 @@ from synth.facemodel.fitting import (
     rotation_matrix,
 )
 from synth.render.camera import Cameras, orbit_pose
-from tests.facemodel._fitmodels import synthetic_model
+from tests.fitting._fitmodels import synthetic_model
 
 
 @pytest.fixture(scope="module")

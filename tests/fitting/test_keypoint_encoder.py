@@ -12,11 +12,11 @@ import torch
 from synth.cli import main as synth_main
 from synth.cli._hydra import compose_config
 from synth.errors import SynthError
-from synth.facemodel import keypoint_encoder as ke
-from synth.facemodel.fitting import FitOptions, fit_model_from_face_model
-from synth.facemodel.landmarks import landmarks, load_anny_head_landmarks
-from synth.facemodel.metrics import per_vertex_error
 from synth.facemodel.model import FaceModel
+from synth.fitting import keypoint_encoder as ke
+from synth.fitting.fitting import FitOptions, fit_model_from_face_model
+from synth.fitting.metrics import per_vertex_error
+from synth.labels.landmarks import landmarks, load_anny_head_landmarks
 from synth.pipeline.run import generate
 
 # Few epochs of a small MLP: the point is that the loop learns, not the final accuracy.

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from synth.facemodel.au_labels import ModelAuLabeller, au_intensities, single_au_expressions
 from synth.facemodel.bilinear import hosvd
-from synth.facemodel.expressions import load_catalogue
 from synth.facemodel.tensor import FaceTensor
-from tests.facemodel._anny_head import anny_head
+from synth.labels.au_labels import ModelAuLabeller, au_intensities, single_au_expressions
+from synth.labels.expressions import load_catalogue
+from tests._anny_head import anny_head
 
 # Stated tolerances: exact (noise-free, linearly independent bases) and with 1% vertex noise.
 EXACT_TOL = 1e-6

@@ -7,11 +7,11 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from synth.facemodel.expressions import ACTION_NAMES, expression_actions, load_catalogue, parse_catalogue
+from synth.labels.expressions import ACTION_NAMES, expression_actions, load_catalogue, parse_catalogue
 
 
 def _doc() -> dict:
-    text = resources.files("synth.facemodel").joinpath("data", "expressions.json").read_text("utf-8")
+    text = resources.files("synth.labels").joinpath("data", "expressions.json").read_text("utf-8")
     return json.loads(text)
 
 

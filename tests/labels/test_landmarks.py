@@ -5,15 +5,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
-from synth.facemodel.landmarks import (
+from synth.labels.landmarks import (
     CENTRAL_LANDMARKS,
     LANDMARK_NAMES,
     LandmarkDefinition,
     derive_anny_head_landmarks,
     landmarks,
     load_anny_head_landmarks,
+    model_landmarks,
 )
-from tests.facemodel._anny_head import anny_head, template
+from tests._anny_head import anny_head, template
 
 
 def test_shipped_definition_names_and_central_set() -> None:
@@ -95,11 +96,11 @@ def test_landmarks_move_rigidly(rotvec, shift) -> None:
     np.testing.assert_allclose(out[1].numpy(), expected, atol=1e-5)
 
 
-def test_face_model_exposes_landmarks() -> None:
+def test_model_landmarks_of_a_face_model() -> None:
+    from synth.build.build import model_from_tensor
     from synth.errors import SynthError
-    from synth.facemodel.build import model_from_tensor
     from synth.facemodel.tensor import FaceTensor
-    from tests.facemodel._facemodels import synthetic_config, synthetic_model
+    from tests._facemodels import synthetic_config, synthetic_model
 
     verts, faces = template()
     rng = np.random.default_rng(0)
@@ -113,10 +114,12 @@ def test_face_model_exposes_landmarks() -> None:
     )
     model = model_from_tensor(tensor, synthetic_config(epochs=1))
     meshes = model.decode(model.identity_coefficients[:2], model.expression_coefficients[[0, 1]])
-    out = model.landmarks(meshes)
+    out = model_landmarks(model, meshes)
     assert out.shape == (2, 23, 3)
     expected = landmarks(meshes.numpy(), faces, load_anny_head_landmarks())
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
     with pytest.raises(SynthError, match="triangulation"):
         small = synthetic_model(epochs=1)
-        small.landmarks(small.decode(small.identity_coefficients[:1], small.expression_coefficients[:1]))
+        model_landmarks(
+            small, small.decode(small.identity_coefficients[:1], small.expression_coefficients[:1])
+        )

@@ -5,8 +5,10 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from synth.facemodel import anny_source as src
-from synth.facemodel.anny_source import (
+from synth.labels.expressions import load_catalogue
+from synth.seeding import Stage, numpy_rng
+from synth.sources import anny_source as src
+from synth.sources.anny_source import (
     AnnyPriorConfig,
     AnnySourceConfig,
     anny_age_to_years,
@@ -19,8 +21,6 @@ from synth.facemodel.anny_source import (
     selected_expressions,
     years_to_anny_age,
 )
-from synth.facemodel.expressions import load_catalogue
-from synth.seeding import Stage, numpy_rng
 
 TINY_EXPRESSIONS = [
     "neutral", "close_eye_left", "close_eye_right", "lip_corner_puller_left", "lip_corner_puller_right",

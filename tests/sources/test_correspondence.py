@@ -4,14 +4,14 @@ import pytest
 import scipy.sparse as sp
 from scipy.spatial.transform import Rotation
 
-from synth.facemodel.correspondence import (
+from synth.labels.landmarks import landmarks, load_anny_head_landmarks
+from synth.sources.correspondence import (
     apply_transform,
     barycentric_projection,
     compute_mapping,
     similarity_procrustes,
 )
-from synth.facemodel.landmarks import landmarks, load_anny_head_landmarks
-from tests.facemodel._anny_head import template
+from tests._anny_head import template
 
 
 def _check_rows(matrix: sp.csr_matrix) -> None:

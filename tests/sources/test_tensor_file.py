@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from synth.errors import SynthError
 from synth.facemodel.tensor import FaceTensor
-from synth.facemodel.tensor_file import load_tensor_npz, save_tensor_npz
+from synth.sources.tensor_file import load_tensor_npz, save_tensor_npz
 
 
 def _tensor(n_id: int = 3, n_ex: int = 4, n_vert: int = 10, n_au: int = 5, seed: int = 0) -> FaceTensor:
@@ -118,7 +118,7 @@ def test_missing_and_corrupt_files(tmp_path: Path) -> None:
 
 
 def test_anny_tensor_round_trip(tmp_path: Path) -> None:
-    from synth.facemodel.anny_source import AnnySourceConfig, build_anny_tensor
+    from synth.sources.anny_source import AnnySourceConfig, build_anny_tensor
 
     t = build_anny_tensor(
         AnnySourceConfig(n_identities=1, expressions=["neutral", "jaw_drop"]), seed=0, progress=False

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
-from synth.facemodel.anny_source import (
+from synth.labels.expressions import load_catalogue
+from synth.labels.landmarks import landmarks, load_anny_head_landmarks
+from synth.sources.anny_source import (
     AnnyPriorConfig,
     AnnySourceConfig,
     anny_topology,
@@ -9,10 +11,8 @@ from synth.facemodel.anny_source import (
     mirror_vertices,
     sample_identities,
 )
-from synth.facemodel.correspondence import compute_mapping
-from synth.facemodel.expressions import load_catalogue
-from synth.facemodel.landmarks import landmarks, load_anny_head_landmarks
-from synth.facemodel.transfer import (
+from synth.sources.correspondence import compute_mapping
+from synth.sources.transfer import (
     AdultSource,
     SourceTopology,
     TransferConfig,
@@ -22,7 +22,7 @@ from synth.facemodel.transfer import (
     transfer_expression,
     validate_transfer,
 )
-from tests.facemodel._anny_head import template
+from tests._anny_head import template
 
 
 def _identity_mapping():
@@ -143,8 +143,8 @@ def test_transfer_validate_command_writes_the_report(tmp_path) -> None:
 
 
 def test_transfer_models_report_on_held_out_transferred_infants() -> None:
-    from synth.facemodel.build import held_out_tensor, source_tensor
-    from synth.facemodel.config import ModelConfig, ModelSource
+    from synth.build.build import held_out_tensor, source_tensor
+    from synth.build.config import ModelConfig, ModelSource
 
     config = ModelConfig(
         source=ModelSource.anny_transfer,

@@ -1,10 +1,10 @@
-"""Fixtures shared by the face model tests: one Anny head model and its topology facts per session."""
+"""Fixtures shared by the source tests: one Anny head model and its topology facts per session."""
 
 from typing import Any
 
 import pytest
 
-from synth.facemodel.anny_source import Topology, anny_head_model, anny_topology
+from synth.sources.anny_source import Topology, anny_head_model, anny_topology
 
 
 @pytest.fixture(scope="session")
