@@ -4,7 +4,8 @@
 (default `~/.cache/synth/models/<key>`), the key being a hash of the build recipe
 (`ModelConfig.build_key`), and every directory appears whole or not at all: the build writes into a
 temporary sibling directory that is renamed into place at the end; what a killed build left there is
-removed by the next build of the same key on the same host.
+removed by the next build of the same key on the same host. `resolve_model` returns the directory of a
+config (building it when absent), `default_model()` the loaded default infant model.
 """
 
 import dataclasses
