@@ -18,9 +18,10 @@ ALLOWED = {
     "omegaconf": ("cli/", "config/"),
 }
 # The face model stack, lowest first: each package may import only the ones before it (and the shared
-# utilities at the package root, render, records), never the pipeline, the config registry or the CLI.
+# utilities at the package root, render, records), never the pipeline, the config registry, the CLI or
+# diffusion.
 STACK = ("facemodel", "labels", "sources", "build", "fitting", "analysis")
-ABOVE_THE_STACK = {"pipeline", "config", "cli", "diffusion"}
+NOT_FOR_THE_STACK = {"pipeline", "config", "cli", "diffusion"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -86,7 +87,7 @@ def test_the_model_stack_imports_only_downwards(package: str) -> None:
             continue
         for dep in deps:
             target = _package(dep)
-            assert target not in ABOVE_THE_STACK, f"{name} imports {dep}: the model stack never uses {target}"
+            assert target not in NOT_FOR_THE_STACK, f"{name} imports {dep}: the stack never uses {target}"
             if target in STACK:
                 assert STACK.index(target) <= level, (
                     f"{name} imports {dep}, a layer above it ({' <- '.join(STACK)}); move the code down"
