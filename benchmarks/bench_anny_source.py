@@ -16,7 +16,9 @@ import time
 import numpy as np
 import torch
 
-from synth.facemodel.anny_source import (
+from synth.hardware import cpu_model
+from synth.labels.expressions import load_catalogue
+from synth.sources.anny_source import (
     N_ACTIONS,
     AnnyPriorConfig,
     _alignment,
@@ -27,8 +29,6 @@ from synth.facemodel.anny_source import (
     expression_meshes,
     sample_identities,
 )
-from synth.facemodel.expressions import load_catalogue
-from synth.hardware import cpu_model
 
 log = logging.getLogger("bench_anny_source")
 

@@ -17,10 +17,10 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from synth.facemodel.au_labels import ModelAuLabeller, au_intensities, single_au_expressions
 from synth.facemodel.bilinear import bilinear_decode
-from synth.facemodel.expressions import load_catalogue
 from synth.hardware import cpu_model
+from synth.labels.au_labels import ModelAuLabeller, au_intensities, single_au_expressions
+from synth.labels.expressions import load_catalogue
 
 
 def random_model(n_vertices: int, rank_id: int, seed: int) -> SimpleNamespace:

@@ -20,9 +20,10 @@ import json, sys, time
 {preamble}
 import torch
 from synth.cpu import code_path
+from synth.build import default_model
 from synth.facemodel import FaceModel
 
-model = FaceModel.load(sys.argv[1]) if sys.argv[1] else FaceModel.default()
+model = FaceModel.load(sys.argv[1]) if sys.argv[1] else default_model()
 torch.set_grad_enabled(False)
 model.sample(8, seed=0)  # warm-up
 batch, repeat = int(sys.argv[2]), int(sys.argv[3])

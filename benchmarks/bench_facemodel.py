@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from synth.build import default_model
 from synth.facemodel import FaceModel
 from synth.facemodel.bilinear import bilinear_decode
 from synth.hardware import cpu_model
@@ -81,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    model = FaceModel.load(args.model) if args.model else FaceModel.default()
+    model = FaceModel.load(args.model) if args.model else default_model()
     torch.set_grad_enabled(False)
     model.sample(8, seed=0)  # warm-up
     n_api = max(args.loop // 2, 1)

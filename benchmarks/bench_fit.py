@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from synth.facemodel.fitting import FitOptions, Similarity, fit_meshes, fit_model_from_face_model
-from synth.facemodel.metrics import per_vertex_error
 from synth.facemodel.model import FaceModel
+from synth.fitting.fitting import FitOptions, Similarity, fit_meshes, fit_model_from_face_model
+from synth.fitting.metrics import per_vertex_error
 from synth.hardware import cpu_model
 
 

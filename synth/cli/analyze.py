@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from synth.cli._hydra import run
-from synth.facemodel.fit_config import AnalyzeConfig
+from synth.fitting.config import AnalyzeConfig
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +22,11 @@ log = logging.getLogger(__name__)
 def _task(config: AnalyzeConfig, raw: DictConfig) -> int:
     import numpy as np
 
+    from synth.analysis import analysis
     from synth.atomic import atomic_write_bytes, atomic_write_text
-    from synth.facemodel import analysis
-    from synth.facemodel.build import resolve_model
+    from synth.build.build import resolve_model
+    from synth.build.report import kde_figure
     from synth.facemodel.model import FaceModel
-    from synth.facemodel.report import kde_figure
 
     out = Path(config.out)
     start = time.perf_counter()

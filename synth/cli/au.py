@@ -7,7 +7,7 @@ Anny infants (A1's prior) in the catalogue expressions and in random AU mixtures
 the SVMs train on `--train` identities, both methods (NNLS intensities thresholded, SVMs) are scored on
 `--test` held-out identities. Default output: au-labels.md in the working directory (docs/au-labels.md
 is this report plus a measured note on random samples). `--save DIR` keeps the trained detector:
-`synth.facemodel.au_detector.MeshAuDetector.load(DIR).predict(vertices)` labels Anny-topology meshes.
+`synth.labels.au_detector.MeshAuDetector.load(DIR).predict(vertices)` labels Anny-topology meshes.
 """
 
 import argparse
@@ -64,17 +64,12 @@ def main() -> int:
     if not 0.0 < args.threshold < 1.0:
         raise SynthError(f"--threshold={args.threshold} must be in (0, 1)")
 
-    from synth.facemodel.anny_source import AnnyPriorConfig, anny_topology, neutral_meshes, sample_identities
-    from synth.facemodel.au_detector import (
-        AuDetector,
-        MeshAuDetector,
-        anny_au_set,
-        build_patches,
-        evaluate_au_labelling,
-    )
-    from synth.facemodel.expressions import load_catalogue
-    from synth.facemodel.landmarks import load_anny_head_landmarks
-    from synth.facemodel.transfer import HELD_OUT_STREAM
+    from synth.analysis.au_evaluation import anny_au_set, evaluate_au_labelling
+    from synth.labels.au_detector import AuDetector, MeshAuDetector, build_patches
+    from synth.labels.expressions import load_catalogue
+    from synth.labels.landmarks import load_anny_head_landmarks
+    from synth.sources.anny_source import AnnyPriorConfig, anny_topology, neutral_meshes, sample_identities
+    from synth.sources.transfer import HELD_OUT_STREAM
 
     start = time.perf_counter()
     prior = AnnyPriorConfig()
@@ -121,7 +116,7 @@ def main() -> int:
 REPORT = """# AU labels: intensities and the spectral detector
 
 Every generated sample carries 46 AU intensities in [0, 1] (`au.npy`); catalogue expressions also carry
-their nominal AU set. Two ways to label a mesh, both in `synth.facemodel`:
+their nominal AU set. Two ways to label a mesh, both in `synth.labels`:
 
 - **NNLS intensities** (`au_labels.au_intensities`, `au_labels.ModelAuLabeller` for model samples): the
   mesh's deformation from its identity's neutral, explained by that identity's 46 per-AU deformation

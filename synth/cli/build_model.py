@@ -5,14 +5,14 @@ import sys
 
 from omegaconf import DictConfig
 
+from synth.build.config import BuildModelConfig
 from synth.cli._hydra import run
-from synth.facemodel.config import BuildModelConfig
 
 log = logging.getLogger(__name__)
 
 
 def _task(config: BuildModelConfig, _raw: DictConfig) -> int:
-    from synth.facemodel.build import build_model
+    from synth.build.build import build_model
 
     path = build_model(config.model, out_dir=config.model.out, progress=True)
     sys.stdout.write(f"{path}\n")

@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from synth.cli._hydra import run
-from synth.facemodel.fit_config import FitConfig, FitTask
+from synth.fitting.config import FitConfig, FitTask
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,11 @@ def _task(config: FitConfig, raw: DictConfig) -> int:
     import numpy as np
     import torch
 
+    from synth.analysis import analysis
     from synth.atomic import atomic_write_text
-    from synth.facemodel import analysis, fitting
-    from synth.facemodel.build import resolve_model
+    from synth.build.build import resolve_model
     from synth.facemodel.model import FaceModel
+    from synth.fitting import fitting
 
     out = Path(config.out)
     start = time.perf_counter()
@@ -59,11 +60,11 @@ def _task(config: FitConfig, raw: DictConfig) -> int:
         record["errors_mm"] = summary
         name = "fit"
     elif config.task is FitTask.reconstruction:
+        from synth.build.build import held_out_tensor
+        from synth.build.config import ModelSource, config_from_spec
         from synth.errors import SynthError
-        from synth.facemodel.build import held_out_tensor
-        from synth.facemodel.config import ModelSource, config_from_spec
-        from synth.facemodel.landmarks import load_anny_head_landmarks
-        from synth.facemodel.regions import face_regions
+        from synth.labels.landmarks import load_anny_head_landmarks
+        from synth.labels.regions import face_regions
 
         recipe = config_from_spec(model.info["build"])
         if recipe.source is not ModelSource.anny:
@@ -83,7 +84,7 @@ def _task(config: FitConfig, raw: DictConfig) -> int:
         name = "reconstruction"
         atomic_write_text(out / f"{name}.md", analysis.reconstruction_markdown(record["result"]))
     elif config.task is FitTask.train_keypoint_encoder:
-        from synth.facemodel import keypoint_encoder as ke
+        from synth.fitting import keypoint_encoder as ke
 
         data = ke.read_keypoint_data(config.data)
         fm = fitting.fit_model_from_face_model(model)
@@ -95,13 +96,15 @@ def _task(config: FitConfig, raw: DictConfig) -> int:
                             "best_epoch": trained.best_epoch}  # fmt: skip
         name = "train_keypoint_encoder"
     elif config.data is not None:
-        from synth.facemodel import keypoint_encoder as ke
+        from synth.fitting import keypoint_encoder as ke
 
         encoder = None
         if config.keypoint_encoder:
             encoder = ke.load_keypoint_encoder(config.keypoint_encoder, model.model_id)
         data = ke.read_keypoint_data(config.data, limit=config.keypoint_samples, mesh=True)
-        record["result"] = ke.dataset_keypoint_experiment(model, data, encoder, config.fit, config.batch_size)
+        record["result"] = analysis.dataset_keypoint_experiment(
+            model, data, encoder, config.fit, config.batch_size
+        )
         name = "keypoints"
         atomic_write_text(out / f"{name}.md", analysis.keypoint_markdown(record["result"]))
     else:

@@ -16,7 +16,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: DIR)")
     args = parser.parse_args(sys.argv[1:])
 
-    from synth.facemodel.report import report_for_directory
+    from synth.build.build import report_for_directory
 
     report = report_for_directory(args.model_dir, args.held_out, args.out)
     sys.stdout.write(json.dumps(report["summary"], indent=1) + "\n")

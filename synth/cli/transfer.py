@@ -42,9 +42,9 @@ def main() -> int:
     if args.infants < 1:
         raise SynthError(f"--infants={args.infants} must be >= 1")
 
-    from synth.facemodel.anny_source import AnnyPriorConfig
-    from synth.facemodel.expressions import load_catalogue
-    from synth.facemodel.transfer import TransferConfig, errors_markdown, validate_transfer
+    from synth.labels.expressions import load_catalogue
+    from synth.sources.anny_source import AnnyPriorConfig
+    from synth.sources.transfer import TransferConfig, errors_markdown, validate_transfer
 
     catalogue = load_catalogue()
     try:
@@ -75,7 +75,7 @@ def main() -> int:
 REPORT = """# Expression transfer: validation
 
 How well does BabyFlow's cross-age, cross-topology expression transfer (paper sections 4.2-4.3, eq. 1-7;
-`synth.facemodel.correspondence`, `synth.facemodel.transfer`) reproduce expressions we know exactly?
+`synth.sources.correspondence`, `synth.sources.transfer`) reproduce expressions we know exactly?
 Anny gives the ground truth: for each held-out infant and each of the catalogue's expressions we
 compare the expression transferred from adult Anny heads (age 20-60 y, {kappa}-member ensemble) with
 Anny's own infant mesh under the same facial actions (the default `anny` model source, head-size

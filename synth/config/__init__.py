@@ -14,8 +14,8 @@ def register_configs() -> None:
     global _registered
     if _registered:
         return
-    from synth.facemodel.config import BuildModelConfig
-    from synth.facemodel.fit_config import AnalyzeConfig, FitConfig
+    from synth.build.config import BuildModelConfig
+    from synth.fitting.config import AnalyzeConfig, FitConfig
     from synth.pipeline.config import GenerateConfig
 
     cs = ConfigStore.instance()

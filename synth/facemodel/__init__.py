@@ -1,4 +1,10 @@
-"""synth.facemodel: the disentangled face model (`FaceModel`), its sources, and its build."""
+"""synth.facemodel: the disentangled face model and its maths, nothing else. `FaceModel` (sample, decode,
+fit coefficients, save / load), the bilinear HOSVD model (`bilinear`), the RealNVP latent flows (`flows`),
+the identity x expression training tensor type (`tensor`) and the flows' own configuration (`config`).
+It imports no other synth package but the shared utilities (errors, atomic writes, seeding): where the
+training tensors come from is `synth.sources`, how a model is built and cached is `synth.build`, labels
+of its meshes are `synth.labels`.
+"""
 
 from typing import Any
 

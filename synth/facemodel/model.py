@@ -180,18 +180,6 @@ class FaceModel:
         w_id, w_ex = w_id.to(self.core), w_ex.to(self.core)
         return bilinear.bilinear_decode(self.core, self.mean, w_id, w_ex, BLOCK, self._packed)
 
-    def landmarks(self, vertices: Tensor) -> Tensor:
-        """The 23 BabyFlow landmarks (B, 23, 3) of meshes (B, N, 3) of this model's topology (see
-        `synth.facemodel.landmarks`); SynthError when the topology has no landmark definition."""
-        from synth.facemodel.landmarks import landmarks, load_anny_head_landmarks
-
-        definition = load_anny_head_landmarks()
-        try:
-            definition.check_topology(self.faces.detach().cpu().numpy(), self.n_vertices)
-        except ValueError as err:
-            raise SynthError(f"face model: {err}") from None
-        return landmarks(vertices, definition)
-
     def from_latent(self, z_id: Tensor, z_ex: Tensor) -> tuple[Tensor, Tensor]:
         """z_id (B, D_id), z_ex (B, D_ex) -> w_id (B, I), w_ex (B, E) through the inverse flows.
 
@@ -452,14 +440,6 @@ class FaceModel:
                 f"{directory}/model.json model_id {meta.get('model_id')} does not match its content"
             )
         return model.to(device)
-
-    @classmethod
-    def default(cls, progress: bool = True, device: str | torch.device = "cpu") -> "FaceModel":
-        """The default infant model (`model=anny_infant`), built into the user cache on first use."""
-        from synth.facemodel.build import resolve_model
-        from synth.facemodel.config import ModelConfig
-
-        return cls.load(resolve_model(ModelConfig(), progress=progress), device)
 
 
 def _float32_state(flow: LatentFlow) -> dict[str, Tensor]:

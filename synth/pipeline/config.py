@@ -9,8 +9,8 @@ Enum members are lower case because they are what users type (`runtime.executor=
 from dataclasses import dataclass, field
 from enum import Enum
 
+from synth.build.config import ModelConfig
 from synth.diffusion.config import DiffusionConfig
-from synth.facemodel.config import ModelConfig
 from synth.records.config import OutputConfig
 from synth.render.config import RenderConfig
 

@@ -95,7 +95,7 @@ class Progress:
 
 def prepare(cfg: GenerateConfig, output_dir: Path | None = None) -> tuple[WorkerSpec, bool]:
     """Step 1: every check that can refuse the run, before anything is written. Returns (spec, resuming)."""
-    from synth.facemodel.build import resolve_model
+    from synth.build.build import resolve_model
     from synth.facemodel.model import FaceModel
     from synth.pipeline.stages import sampler_for
 

@@ -28,8 +28,8 @@ import torch
 
 from synth.cpu import code_path
 from synth.errors import SynthError
-from synth.facemodel.au_labels import au_labeller
 from synth.facemodel.flows import BLOCK
+from synth.labels.au_labels import au_labeller
 from synth.pipeline.config import GenerateConfig
 from synth.pipeline.plan import ShardUnit
 from synth.pipeline.samplers import LatentSpace, Sampler, assign_splits
@@ -105,8 +105,8 @@ NO_LANDMARKS = (
 
 @lru_cache(maxsize=4)
 def _faces_landmarks(faces_bytes: bytes, shape: tuple[int, int], n_vertices: int) -> Any:
-    from synth.facemodel.landmarks import load_anny_head_landmarks
     from synth.facemodel.topology import connectivity_hash
+    from synth.labels.landmarks import load_anny_head_landmarks
 
     faces = np.frombuffer(faces_bytes, dtype=np.int64).reshape(shape)
     definition = load_anny_head_landmarks()
@@ -206,7 +206,7 @@ class GeometryStage:
         vertices = model.decode(w_id, w_ex)  # (B, N, 3)
         au = self.au_labeller(w_id, w_ex)  # (B, A)
         if self.landmarks is not None:
-            from synth.facemodel.landmarks import landmarks
+            from synth.labels.landmarks import landmarks
 
             lmk3d = landmarks(vertices, self.landmarks)  # (B, L, 3)
         else:

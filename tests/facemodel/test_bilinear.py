@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from tensorly.decomposition import partial_tucker
 
 from synth.facemodel import bilinear
-from tests.facemodel._facemodels import synthetic_tensor
+from tests._facemodels import synthetic_tensor
 
 TENSOR = synthetic_tensor()
 FULL = bilinear.hosvd(TENSOR, 1.0, 1.0)

@@ -13,7 +13,7 @@ from scipy.stats import chi2
 from synth.errors import SynthError
 from synth.facemodel import FaceModel
 from synth.facemodel.model import truncate
-from tests.facemodel._facemodels import synthetic_model, synthetic_tensor
+from tests._facemodels import synthetic_model, synthetic_tensor
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +202,8 @@ def test_tiny_model_fixture_loads_and_samples(tiny_model_dir: Path) -> None:
 
 def test_tiny_model_training_meshes_reencode_within_five_hundredths_of_a_mm(tiny_model_dir: Path) -> None:
     """The tiny model is full rank: meshes of its (Anny) training tensor are in the model exactly."""
-    from synth.facemodel.build import source_tensor
-    from synth.facemodel.config import config_from_spec
+    from synth.build.build import source_tensor
+    from synth.build.config import config_from_spec
 
     model = FaceModel.load(tiny_model_dir)
     tensor = source_tensor(config_from_spec(model.info["build"]), progress=False)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from synth.atomic import atomic_open
-from synth.facemodel.anny_source import AnnySourceConfig, build_anny_tensor
-from synth.facemodel.landmarks import landmarks, load_anny_head_landmarks
+from synth.labels.landmarks import landmarks, load_anny_head_landmarks
+from synth.sources.anny_source import AnnySourceConfig, build_anny_tensor
 
 GOLDEN_DIR = Path(__file__).resolve().parent
 ANNY_TENSOR_CONFIG = AnnySourceConfig(
