@@ -1,0 +1,1 @@
+"""Labels: the expression prior (AU vectors like real faces make)."""
