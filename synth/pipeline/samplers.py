@@ -53,6 +53,7 @@ _END_EX_STREAM = 3  # interpolation: the second endpoint's expression
 _AU_STREAM = 4  # au sampler: random AU choice and intensities
 _PRIOR_STREAM = 5  # expression prior draws (prior kind, identity_sets, first interpolation endpoint)
 _END_PRIOR_STREAM = 6  # interpolation: the second endpoint's expression prior draw
+_KIND_OFFSET_STREAM = 100  # + the prior stream: the run's offset of the golden-ratio kind sequence
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,10 @@ class Sampler:
         self._expressions = [self._expression_index(n, "sampler.expressions") for n in cfg.expressions]
         self._au_pool = self._resolve_au_pool() if cfg.kind is SamplerKind.au and not cfg.targets else []
         self.prior = self._resolve_prior()
+        self._kind_offset = {
+            stream: float(numpy_rng(seed, 0, Stage.SAMPLER, _KIND_OFFSET_STREAM + stream).random())
+            for stream in (_PRIOR_STREAM, _END_PRIOR_STREAM)
+        }
 
     def _uses_prior(self) -> bool:
         kind, cfg = self.cfg.kind, self.cfg
@@ -285,9 +290,12 @@ class Sampler:
         return LatentPlan(indices, groups, steps, z_id, z_ex, use_cat, weights, labels, use_aus, aus)
 
     def _prior_draw(self, key: int, stream: int = _PRIOR_STREAM) -> tuple[np.ndarray, str]:
-        """One AU vector (A,) float32 of the expression prior and its label, from the stream of `key`."""
+        """One AU vector (A,) float32 of the expression prior and its label, from the stream of `key`; the
+        neutral / prototype / sparse choice is the golden-ratio sequence of `key` (exact shares over any run
+        of keys, see `ExpressionPrior.draw`), its offset drawn from the run seed."""
         assert self.prior is not None
-        draw = self.prior.draw(numpy_rng(self.seed, key, Stage.SAMPLER, stream), 1)
+        rng = numpy_rng(self.seed, key, Stage.SAMPLER, stream)
+        draw = self.prior.draw(rng, 1, index=np.array([key]), offset=self._kind_offset[stream])
         return draw.aus[0], draw.label[0]
 
     def _interpolate_aus(self, group: int, t: float) -> np.ndarray:

@@ -147,18 +147,41 @@ def test_a_different_config_on_the_same_directory_is_refused(
     assert (reference / RUN_FILE).is_file()
 
 
-def test_random_sampler_matches_face_model_sample(tiny_model_dir: Path, reference: Path) -> None:
+def test_random_sampler_matches_face_model_sample(tiny_model_dir: Path) -> None:
     from synth.facemodel.model import FaceModel
-    from synth.records import load_webdataset
+    from synth.pipeline.stages import GeometryStage
 
     model = FaceModel.load(tiny_model_dir)
     expected = model.sample_indices([0, 17, 47], seed=0)
-    got = {int(s["__key__"]): s for s in load_webdataset(reference, keys=("mesh", "latents"))}
-    for row, index in enumerate((0, 17, 47)):
-        np.testing.assert_allclose(
-            got[index]["latents"]["z_id"].numpy(), expected["z_id"][row].numpy(), atol=0
-        )
-        np.testing.assert_allclose(got[index]["mesh"].numpy(), expected["vertices"][row].numpy(), atol=1e-6)
+    cfg = compose_config("generate", [f"model.path={tiny_model_dir}", "sampler=random"])
+    got = GeometryStage(model, cfg)({"index": np.array([0, 17, 47])})
+    np.testing.assert_allclose(got["z_id"], expected["z_id"].numpy(), atol=0)
+    np.testing.assert_allclose(got["vertices"], expected["vertices"].numpy(), atol=1e-6)
+    assert set(got["au_source"]) == {"nnls"}  # flow samples: the labels are estimated from the mesh
+    np.testing.assert_array_equal(got["au"], got["au_nnls"])
+
+
+def test_the_default_labels_are_the_generating_au_vectors(tiny_model_dir: Path, reference: Path) -> None:
+    """Exact labels round trip: au.npy of the written dataset is the sampler's AU vector, bit for bit."""
+    from synth.facemodel.model import FaceModel
+    from synth.pipeline.stages import sampler_for
+    from synth.records import load_webdataset
+
+    cfg = compose_config("generate", _overrides(tiny_model_dir, reference))
+    plan = sampler_for(cfg, FaceModel.load(tiny_model_dir)).plan(np.arange(48))
+    assert plan.use_aus.all()
+    table = pq.read_table(reference / "index").sort_by("index")
+    assert set(table.column("au_source").to_pylist()) == {"generating"}
+    au = np.asarray(table.column("au").to_pylist(), np.float32)
+    np.testing.assert_array_equal(au, plan.aus)
+    nnls = np.asarray(table.column("au_nnls").to_pylist(), np.float32)
+    assert np.abs(nnls - au).mean() < 0.02  # the tiny model makes its few AUs exactly
+    assert np.isfinite(table.column("log_prob_ex").to_numpy()).all()
+    assert table.column("expression").to_pylist() == plan.expression
+    for sample in load_webdataset(reference, keys=("au", "au_nnls", "meta")):
+        index = int(sample["__key__"])
+        np.testing.assert_array_equal(sample["au"].numpy(), plan.aus[index])
+        assert sample["meta"]["au_source"] == "generating" and "log_prob_ex" in sample["meta"]
 
 
 def test_preview_command_on_a_dataset(

@@ -198,9 +198,11 @@ def test_interpolation_is_linear_between_endpoints(mode: InterpolationMode) -> N
     assert np.allclose(z_ex[0], z_ex[4]) == (mode is InterpolationMode.identity)
     assert not np.allclose(plan.z_id[0], plan.z_id[5])  # the next sequence starts elsewhere
     assert plan.expression[4] == f"interp:{mode.value}:1.000"
-    aus = prior_sampler(kind=SamplerKind.interpolation, steps=5, mode=mode).plan(np.arange(5)).aus
-    np.testing.assert_allclose(aus[1], 0.75 * aus[0] + 0.25 * aus[4], atol=1e-6)
-    assert np.array_equal(aus[0], aus[4]) == (mode is InterpolationMode.identity)
+    aus = prior_sampler(kind=SamplerKind.interpolation, steps=5, mode=mode).plan(np.arange(40)).aus
+    seqs = aus.reshape(8, 5, -1)  # 8 sequences of 5 AU vectors
+    np.testing.assert_allclose(seqs[:, 1], 0.75 * seqs[:, 0] + 0.25 * seqs[:, 4], atol=1e-6)
+    moves = [not np.array_equal(q[0], q[4]) for q in seqs]
+    assert any(moves) != (mode is InterpolationMode.identity)
 
 
 @settings(max_examples=20, deadline=None)
