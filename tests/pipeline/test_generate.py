@@ -301,3 +301,17 @@ def test_bad_input_on_a_ray_worker_comes_back_as_one_line(
     shutil.rmtree(model)
     with pytest.raises(SynthError, match=f"on a Ray worker: .*{model}"):
         run_ray(spec, shard_units(4, 4), lambda result: None)
+
+
+def test_expressions_command_reports_exact_labels(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    assert _cli(["expressions", str(reference)], monkeypatch, tmp_path) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples"] == 48 and report["au_vector_samples"] == 48
+    assert report["label_mae"] == 0.0 and report["exclusive_violations"] == 0
+    assert report["au_source"] == {"generating": 48}
+    assert report["nnls_f1_micro"] > 0.9  # the tiny model makes its AUs exactly
+    assert _cli(["expressions", str(tmp_path / "nowhere")], monkeypatch, tmp_path) == 2
