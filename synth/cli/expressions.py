@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from synth.errors import SynthError
-from synth.pipeline.config import GenerateConfig
+from synth.pipeline.config import GenerateConfig, SamplerConfig
 from synth.pipeline.expression_report import expression_report
 
 
@@ -25,7 +25,9 @@ def main() -> int:
     if not manifest.is_file():
         raise SynthError(f"{manifest} does not exist; pass the output.dir of a finished synth generate run")
     config = json.loads(manifest.read_text())["config"]
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(GenerateConfig), config))
+    # Only the sampler and the seed decide the AU vectors; the rest of the run config is not needed.
+    sampler = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SamplerConfig), config["sampler"]))
+    cfg = GenerateConfig(sampler=sampler, seed=int(config["seed"]), num_samples=int(config["num_samples"]))
     try:
         report = expression_report(args.dir, cfg)
     except ValueError as err:
