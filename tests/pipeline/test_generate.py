@@ -243,7 +243,7 @@ def test_gpu_layout_diffusion_actor_pool_writes_the_same_shards(
     run_ray(spec, shard_units(8, 4), results.append, diffusion_pool=True)
     assert sorted(r.shard_id for r in results) == [0, 1] and all("diffusion" in r.seconds for r in results)
     pool, ref = _members(tmp_path / "pool"), _members(tmp_path / "local")
-    assert sorted(pool) == sorted(ref) and len(pool) == 8 * 12
+    assert sorted(pool) == sorted(ref) and len(pool) == 8 * 13
     for name, data in ref.items():
         if name.endswith(".jpg"):
             diff = np.abs(codecs.jpeg_to_rgb(pool[name]).astype(int) - codecs.jpeg_to_rgb(data).astype(int))
