@@ -178,8 +178,8 @@ def expression_section(root: Path, manifest: dict[str, Any], card_dir: str) -> l
         atomic_write_bytes(root / card_dir / "prototypes.png", examples)
     lines += [
         "Targets: `synth/labels/data/expression_prior.json` (base rates from DISFA and BP4D, prototypes from "
-        "EMFACS and Baby FACS; see docs/expression-prior.md) with this run's `sampler.prior` overrides. Samples of "
-        "other samplers are measured against the same targets.",
+        "EMFACS and Baby FACS; see docs/expression-prior.md) with this run's `sampler.prior` overrides. "
+        "Samples of other samplers are measured against the same targets.",
         "",
         f"- active AUs per sample (> {ACTIVE}): median {summary['median_active_units']:g} FACS units, "
         f"{summary['median_active_columns']:g} AU columns",
