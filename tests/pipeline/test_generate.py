@@ -182,6 +182,10 @@ def test_the_default_labels_are_the_generating_au_vectors(tiny_model_dir: Path, 
         index = int(sample["__key__"])
         np.testing.assert_array_equal(sample["au"].numpy(), plan.aus[index])
         assert sample["meta"]["au_source"] == "generating" and "log_prob_ex" in sample["meta"]
+    card = (reference / "README.md").read_text()  # the card shows the prior's figures
+    assert "## Expressions against the expression prior" in card and "neutral faces:" in card
+    for figure in ("aus_per_sample", "base_rates", "cooccurrence", "prototypes"):
+        assert (reference / "card" / f"{figure}.png").stat().st_size > 1000, figure
 
 
 def test_preview_command_on_a_dataset(
