@@ -67,7 +67,7 @@ def test_every_preset_composes_and_its_values_reach_the_dataclass(group: str, na
 
 def test_defaults_are_the_documented_local_run() -> None:
     cfg = compose_config("generate", [])
-    assert cfg.sampler.kind is SamplerKind.random
+    assert cfg.sampler.kind is SamplerKind.prior and cfg.sampler.prior.neutral_share is None  # the prior
     assert not cfg.diffusion.enabled
     assert cfg.runtime.executor is Executor.ray and cfg.runtime.address is None
     assert cfg.model.path is None  # the default model, built and cached on first use

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-model": ("synth.cli.build_model", "build a face model (Hydra overrides)"),
     "model-report": ("synth.cli.model_report", "evaluate a built face model"),
     "validate": ("synth.cli.validate", "check a dataset directory"),
+    "expressions": ("synth.cli.expressions", "a dataset's expressions vs the expression prior, label errors"),
     "preview": ("synth.cli.preview", "contact sheet of a dataset's first samples"),
     "diffusion": ("synth.cli.diffusion", "diffusion utilities (make-tiny DIR)"),
     "fit": ("synth.cli.fit", "fit / neutralise meshes (Hydra overrides)"),

@@ -139,6 +139,13 @@ prediction). Mean absolute NNLS intensity error on the mixtures: {mae:.3f}.
 
 Reproduce: `{command}` ({seconds:.0f} s on {machine}, shared with other jobs).
 
+Labels of generated samples. Samples made from an AU vector (the default `sampler=prior`, `sampler=au`
+random draws, identity_sets / interpolation with `expressions_from=prior`) carry that vector as `au.npy`
+(`meta.au_source = generating`): the mesh is the identity's neutral plus the weighted single-AU
+deformations, so the label is exact by construction. The NNLS estimate below is stored beside it for every
+sample (`au_nnls.npy`, with its relative residual `meta.au_nnls_residual`) and is the label of flow
+samples (`sampler=random`, `au_source = nnls`). See docs/expression-prior.md.
+
 Identifiability. Anny's 52 facial actions and the catalogue's AU -> action table (A1's
 `expressions.json`) give 46 AU bases spanning only 37 dimensions: AU43 / AU42 / AU41 (close eye, slit,
 lid droop) are the same `eyeBlink` at weights 1 / 0.7 / 0.4; AU44 and AU7 mix the same two actions;

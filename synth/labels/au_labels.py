@@ -182,13 +182,17 @@ class ModelAuLabeller:
 
     def __call__(self, w_id: torch.Tensor, w_ex: torch.Tensor) -> np.ndarray:
         """w_id (n, I), w_ex (n, E) -> (n, A) float32 AU intensities in [0, 1]."""
+        return self.estimate(w_id, w_ex)[0]
+
+    def estimate(self, w_id: torch.Tensor, w_ex: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(n, A) float32 AU intensities in [0, 1] and (n,) float32 relative residuals (`residual`)."""
         k = self.gram(w_id)  # (n, E, E)
         dw = torch.as_tensor(w_ex).detach().cpu().to(torch.float64) - self.w_neutral  # (n, E)
         kp = k @ self.p.T  # (n, E, A)
         gram = self.p @ kp  # (n, A, A) = P K P^T
         rhs = torch.einsum("ne,nea->na", dw, kp)  # (n, A) = P K dw
-        coef = nnls_from_gram(gram.numpy(), rhs.numpy(), self.parallel_cos)
-        return np.clip(coef, 0.0, 1.0).astype(np.float32)
+        coef = np.clip(nnls_from_gram(gram.numpy(), rhs.numpy(), self.parallel_cos), 0.0, 1.0)
+        return coef.astype(np.float32), residual(k, dw, torch.from_numpy(coef) @ self.p)
 
 
 def model_au_intensities(model, w_id: torch.Tensor, w_ex: torch.Tensor) -> np.ndarray:
@@ -217,13 +221,52 @@ class CatalogueAuLabeller:
 
     def __call__(self, w_id: torch.Tensor, w_ex: torch.Tensor) -> np.ndarray:
         """w_id (n, I), w_ex (n, E) -> (n, A) float32 AU intensities in [0, 1]."""
+        return self.estimate(w_id, w_ex)[0]
+
+    def estimate(self, w_id: torch.Tensor, w_ex: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(n, A) float32 AU intensities in [0, 1] and (n,) float32 relative residuals (`residual`)."""
         k = identity_gram(self.core, w_id, self.chunk)  # (n, E, E)
         kp = k @ self.p.T  # (n, E, M)
         gram = self.p @ kp  # (n, M, M)
         dw = torch.as_tensor(w_ex).detach().cpu().to(torch.float64) - self.w_neutral  # (n, E)
         rhs = torch.einsum("ne,nem->nm", dw, kp)  # (n, M)
         coef = nnls_from_gram(gram.numpy(), rhs.numpy())  # (n, M)
-        return np.clip(coef @ self.aus, 0.0, 1.0).astype(np.float32)
+        fitted = torch.from_numpy(coef) @ self.p  # (n, E)
+        return np.clip(coef @ self.aus, 0.0, 1.0).astype(np.float32), residual(k, dw, fitted)
+
+
+def residual(gram: torch.Tensor, dw: torch.Tensor, fitted: torch.Tensor) -> np.ndarray:
+    """(n,) float32 relative residual ||A (dw - fitted)|| / ||A dw|| of the expression deformation.
+
+    gram: (n, E, E) K = A^T A per identity; dw, fitted: (n, E) float64 expression coefficients minus the
+    neutral's (the sample's, and the one the estimated intensities rebuild). 0 for a neutral face; 1 when
+    the estimate explains nothing; the mesh-space norm without touching the vertices.
+    """
+    r = dw - fitted  # (n, E)
+    num = torch.einsum("ne,nef,nf->n", r, gram, r).clamp_min(0.0)
+    den = torch.einsum("ne,nef,nf->n", dw, gram, dw).clamp_min(0.0)
+    out = torch.where(den > 0, (num / den.clamp_min(1e-300)).sqrt(), torch.zeros_like(den))
+    return out.numpy().astype(np.float32)
+
+
+def single_au_deltas(model) -> tuple[torch.Tensor, np.ndarray]:
+    """The expression coefficients of one unit of each AU: ((A, E) float64 W_a - w_n, (A,) bool available).
+
+    Row a is the catalogue's single-AU expression of AU a minus the neutral (zero, and available False,
+    where the model has no such expression). A sample made from an AU vector c has w_ex = w_n + c @ rows:
+    the mesh is the identity's neutral plus the weighted single-AU deformations (bilinear in w_ex).
+    """
+    aus = model.expression_aus.detach().cpu().numpy()
+    single = (np.count_nonzero(aus, axis=1) == 1) & np.isclose(aus.max(axis=1), 1.0)
+    w_all = model.expression_coefficients.detach().cpu().to(torch.float64)  # (n_ex, E)
+    w_neutral = w_all[list(model.expression_names).index("neutral")]  # (E,)
+    deltas = torch.zeros(aus.shape[1], w_all.shape[1], dtype=torch.float64)
+    available = np.zeros(aus.shape[1], bool)
+    for row in np.flatnonzero(single)[::-1]:  # first occurrence wins (as `single_au_expressions`)
+        a = int(np.argmax(aus[row]))
+        deltas[a] = w_all[row] - w_neutral
+        available[a] = True
+    return deltas, available
 
 
 def au_labeller(model) -> ModelAuLabeller | CatalogueAuLabeller:

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from synth.atomic import atomic_write_bytes, atomic_write_text
+from synth.pipeline.card_expressions import expression_section
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def write_card(dataset_dir: str | Path, summary_lines: list[str] | None = None) 
         f"{len(expressions)} distinct expression labels; most common: "
         + ", ".join(f"`{e}` ({c})" for e, c in top_expr[:10]),
         "",
+        *expression_section(root, manifest, CARD_DIR),
         "## Action units",
         "",
         "![AU intensities](card/au.png)",

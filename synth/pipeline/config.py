@@ -11,6 +11,7 @@ from enum import Enum
 
 from synth.build.config import ModelConfig
 from synth.diffusion.config import DiffusionConfig
+from synth.labels.expression_prior import ExpressionPriorConfig
 from synth.records.config import OutputConfig
 from synth.render.config import RenderConfig
 
@@ -18,10 +19,18 @@ from synth.render.config import RenderConfig
 class SamplerKind(Enum):
     """How each sample's latents are chosen (see `synth.pipeline.samplers`)."""
 
-    random = "random"  # z_id, z_ex ~ N(0, T^2 I), optionally truncated
+    prior = "prior"  # random identity, expression = an AU vector from the expression prior (exact labels)
+    random = "random"  # the paper's flow sampling: z_id, z_ex ~ N(0, T^2 I), optionally truncated
     au = "au"  # random identity, expression built from target AUs / expressions with intensities
     identity_sets = "identity_sets"  # groups: one identity, its neutral twin + K expressions
     interpolation = "interpolation"  # sequences between two latent draws
+
+
+class ExpressionSource(Enum):
+    """Where identity_sets / interpolation take their expressions from when no catalogue names are given."""
+
+    prior = "prior"  # AU vectors of the expression prior (exact AU labels)
+    flow = "flow"  # z_ex ~ N(0, T^2 I) through the expression flow (AU labels estimated by NNLS)
 
 
 class InterpolationMode(Enum):
@@ -49,18 +58,26 @@ class SamplerConfig:
         sampled, > 1 extrapolates (3DFaceCAM), 0 = the identity's neutral face.
     truncation: None, or a confidence rho in (0, 1): latents outside the rho-quantile Mahalanobis ball are
         projected onto it (BabyFlow eq. 24).
+    prior kind (the default): the identity from the flow prior, the expression an AU vector drawn from the
+        expression prior (`prior`, see `synth.labels.expression_prior`); the AU label is that vector.
     au kind: `targets` maps AU names ("AU12") or expression names ("happiness") to intensities; an
         intensity of 1 is the catalogue's expression, > 1 extrapolates (3DFaceCAM), 0 is neutral. With no
         targets each sample draws `num_random_aus` AUs from `au_pool` (all AUs when empty) at intensities
-        uniform in [intensity_min, intensity_max].
+        uniform in [intensity_min, intensity_max], weighted by the prior's base rates and never two
+        exclusive AUs; both give AU vectors (exact labels).
     identity_sets kind: groups of `expressions_per_identity` + 1 consecutive samples share one identity;
         the first of a group is its neutral twin; the others use `expressions` (catalogue names, in turn)
-        or, when empty, expression latents drawn from the flow prior.
+        or, when empty, expressions from `expressions_from` (prior: AU vectors of the expression prior;
+        flow: expression latents from the flow prior).
     interpolation kind: sequences of `steps` consecutive samples, linear in latent space from one draw to
-        another (`mode` says which factor moves), endpoints included.
+        another (`mode` says which factor moves), endpoints included; with `expressions_from=prior` the
+        expression endpoints are AU vectors of the expression prior (no exclusive pair across the two)
+        and the expression moves linearly in AU space.
+    prior: the expression prior's knobs (used by kind prior, and by identity_sets / interpolation with
+        `expressions_from=prior`).
     """
 
-    kind: SamplerKind = SamplerKind.random
+    kind: SamplerKind = SamplerKind.prior
     temperature: float = 1.0
     intensity: float = 1.0
     truncation: float | None = None
@@ -73,6 +90,8 @@ class SamplerConfig:
     expressions: list[str] = field(default_factory=list)
     steps: int = 8
     mode: InterpolationMode = InterpolationMode.joint
+    expressions_from: ExpressionSource = ExpressionSource.prior
+    prior: ExpressionPriorConfig = field(default_factory=ExpressionPriorConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.temperature <= 10.0:

@@ -20,8 +20,16 @@ be given as a mixture over the model's catalogue expressions (`expr_weights`): t
 w_ex = w_neutral + sum_e weight_e (W_ex[e] - w_neutral), so the mesh is the neutral face plus the weighted
 expression deltas of that identity (the bilinear model is linear in w_ex): weight 1 is the catalogue
 expression, > 1 extrapolates along it (3DFaceCAM), 0 is neutral.
+
+AU vectors. The prior sampler (the default), the au sampler's random draws and identity_sets /
+interpolation with `expressions_from=prior` give each sample an AU vector `aus` (A,) instead; the pipeline
+builds w_ex = w_neutral + sum_a aus_a (W_ex[single(a)] - w_neutral) from the catalogue's single-AU
+expressions, and the sample's AU label is that vector (exact, not estimated). The vectors come from the
+expression prior (`synth.labels.expression_prior`), drawn from a Stage.SAMPLER stream of the index (or of
+the group for interpolation endpoints).
 """
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,8 +37,11 @@ import torch
 
 from synth.errors import SynthError
 from synth.facemodel.model import truncate
-from synth.pipeline.config import InterpolationMode, SamplerConfig, SamplerKind, SplitConfig
+from synth.labels.expression_prior import ExpressionPrior, expression_prior
+from synth.pipeline.config import ExpressionSource, InterpolationMode, SamplerConfig, SamplerKind, SplitConfig
 from synth.seeding import Stage, numpy_rng, torch_generator
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -40,6 +51,9 @@ _EX_STREAM = 1
 _END_ID_STREAM = 2  # interpolation: the second endpoint's identity
 _END_EX_STREAM = 3  # interpolation: the second endpoint's expression
 _AU_STREAM = 4  # au sampler: random AU choice and intensities
+_PRIOR_STREAM = 5  # expression prior draws (prior kind, identity_sets, first interpolation endpoint)
+_END_PRIOR_STREAM = 6  # interpolation: the second endpoint's expression prior draw
+_KIND_OFFSET_STREAM = 100  # + the prior stream: the run's offset of the golden-ratio kind sequence
 
 
 @dataclass(frozen=True)
@@ -79,7 +93,10 @@ class LatentPlan:
     z_ex: (B, dim_ex) float32 expression latents (ignored where `use_catalogue`).
     use_catalogue: (B,) bool: the expression is `expr_weights` over the catalogue, not `z_ex`.
     expr_weights: (B, n_ex) float32 catalogue mixture weights (zero rows where not `use_catalogue`).
-    expression: B labels ("sampled", a catalogue name, "AU12:1.50+AU6:0.80", "interp:joint:0.250").
+    expression: B labels ("sampled", a catalogue name, "AU12:1.50+AU6:0.80", "interp:joint:0.250", a
+        prior prototype "smile", or the prior's sparse units "AU12+AU25").
+    use_aus: (B,) bool: the expression is the AU vector `aus` (over the single-AU expressions).
+    aus: (B, A) float32 AU vectors (zero rows where not `use_aus`); the sample's exact AU label.
     """
 
     index: np.ndarray
@@ -90,6 +107,8 @@ class LatentPlan:
     use_catalogue: np.ndarray
     expr_weights: np.ndarray
     expression: list[str]
+    use_aus: np.ndarray
+    aus: np.ndarray
 
 
 class Sampler:
@@ -102,6 +121,35 @@ class Sampler:
         self._targets = self._resolve_targets() if cfg.kind is SamplerKind.au else {}
         self._expressions = [self._expression_index(n, "sampler.expressions") for n in cfg.expressions]
         self._au_pool = self._resolve_au_pool() if cfg.kind is SamplerKind.au and not cfg.targets else []
+        self.prior = self._resolve_prior()
+        self._kind_offset = {
+            stream: float(numpy_rng(seed, 0, Stage.SAMPLER, _KIND_OFFSET_STREAM + stream).random())
+            for stream in (_PRIOR_STREAM, _END_PRIOR_STREAM)
+        }
+
+    def _uses_prior(self) -> bool:
+        kind, cfg = self.cfg.kind, self.cfg
+        from_prior = cfg.expressions_from is ExpressionSource.prior
+        return (
+            kind is SamplerKind.prior
+            or (kind is SamplerKind.au and not cfg.targets)
+            or (kind is SamplerKind.identity_sets and not cfg.expressions and from_prior)
+            or (kind is SamplerKind.interpolation and from_prior)
+        )
+
+    def _resolve_prior(self) -> ExpressionPrior | None:
+        """The expression prior over the AUs this model can make from an AU vector (None when unused)."""
+        if not self._uses_prior():
+            return None
+        singles = self.space.single_au_expressions()
+        available = np.array([name in singles for name in self.space.au_names])
+        try:
+            return expression_prior(self.cfg.prior, self.space.au_names, available)
+        except ValueError as err:
+            if self.cfg.kind is SamplerKind.au:  # random AUs without base rates: uniform, no exclusions
+                log.info("sampler=au: no expression prior for this model (%s); AUs drawn uniformly", err)
+                return None
+            raise SynthError(f"sampler={self.cfg.kind.value}: {err}") from None
 
     # ---- configuration checks against the model (front-loaded: called from __init__) ----
 
@@ -194,12 +242,23 @@ class Sampler:
         z_ex = np.zeros((b, self.space.dim_ex), np.float32)
         use_cat = np.zeros(b, bool)
         weights = np.zeros((b, n_ex), np.float32)
+        use_aus = np.zeros(b, bool)
+        aus = np.zeros((b, len(self.space.au_names)), np.float32)
         labels: list[str] = []
         for row, (i, g, s) in enumerate(zip(indices.tolist(), groups.tolist(), steps.tolist(), strict=True)):
             kind = self.cfg.kind
-            if kind is SamplerKind.random:
+            if kind is SamplerKind.prior:
+                z_id[row] = self._z_id(i)
+                use_aus[row] = True
+                aus[row], label = self._prior_draw(i)
+                labels.append(label)
+            elif kind is SamplerKind.random:
                 z_id[row], z_ex[row] = self._prior_pair(i)
                 labels.append("sampled")
+            elif kind is SamplerKind.au and not self.cfg.targets:
+                z_id[row] = self._z_id(i)
+                use_aus[row] = True
+                labels.append(self._au_vector(i, aus[row]))
             elif kind is SamplerKind.au:
                 z_id[row] = self._z_id(i)
                 use_cat[row] = True
@@ -214,14 +273,71 @@ class Sampler:
                     use_cat[row] = True
                     weights[row, e] = 1.0
                     labels.append(self.space.expression_names[e])
+                elif self.prior is not None:
+                    use_aus[row] = True
+                    aus[row], label = self._prior_draw(i)
+                    labels.append(label)
                 else:
                     z_ex[row] = self._z_ex(i)
                     labels.append("sampled")
             else:
                 t = s / (self.cfg.steps - 1)
                 z_id[row], z_ex[row] = self._interpolate(g, t)
+                if self.prior is not None:
+                    use_aus[row] = True
+                    aus[row] = self._interpolate_aus(g, t)
                 labels.append(f"interp:{self.cfg.mode.value}:{t:.3f}")
-        return LatentPlan(indices, groups, steps, z_id, z_ex, use_cat, weights, labels)
+        return LatentPlan(indices, groups, steps, z_id, z_ex, use_cat, weights, labels, use_aus, aus)
+
+    def _prior_draw(self, key: int, stream: int = _PRIOR_STREAM) -> tuple[np.ndarray, str]:
+        """One AU vector (A,) float32 of the expression prior and its label, from the stream of `key`; the
+        neutral / prototype / sparse choice is the golden-ratio sequence of `key` (exact shares over any run
+        of keys, see `ExpressionPrior.draw`), its offset drawn from the run seed."""
+        assert self.prior is not None
+        rng = numpy_rng(self.seed, key, Stage.SAMPLER, stream)
+        draw = self.prior.draw(rng, 1, index=np.array([key]), offset=self._kind_offset[stream])
+        return draw.aus[0], draw.label[0]
+
+    def _interpolate_aus(self, group: int, t: float) -> np.ndarray:
+        """AU vector at t in [0, 1] of sequence `group`: linear between two prior draws; the second endpoint
+        loses the units exclusive with the first's, so no point of the path moves two exclusive AUs."""
+        assert self.prior is not None
+        a = self._prior_draw(group)[0]
+        if self.cfg.mode is InterpolationMode.identity:
+            return a
+        b = self.prior.compatible(self._prior_draw(group, _END_PRIOR_STREAM)[0], a)
+        return ((1 - t) * a + t * b).astype(np.float32)
+
+    def _au_vector(self, index: int, aus: np.ndarray) -> str:
+        """Fill `aus` (A,) for sample `index` of the au sampler's random draws; return its label.
+
+        `num_random_aus` AUs of `au_pool`, chosen one after the other with probabilities proportional to
+        the expression prior's base rate of their unit, skipping AUs exclusive with one already chosen; the
+        intensities are uniform in [intensity_min, intensity_max].
+        """
+        rng = numpy_rng(self.seed, index, Stage.SAMPLER, _AU_STREAM)
+        names = [n for n, _ in self._au_pool]
+        columns = np.array([self.space.au_names.index(n) for n in names])
+        weight = np.ones(len(names)) if self.prior is None else self.prior.column_rates()[columns]
+        weight = np.where(weight > 0, weight, weight[weight > 0].min() if (weight > 0).any() else 1.0)
+        pick_u = rng.random(self.cfg.num_random_aus)
+        values = rng.uniform(self.cfg.intensity_min, self.cfg.intensity_max, size=self.cfg.num_random_aus)
+        chosen: list[int] = []
+        free = np.ones(len(names), bool)
+        for u in pick_u.tolist():
+            if not free.any():
+                break
+            p = np.where(free, weight, 0.0)
+            c = int(np.searchsorted(np.cumsum(p) / p.sum(), u, side="right").clip(max=len(names) - 1))
+            chosen.append(c)
+            free[c] = False
+            if self.prior is not None:
+                free &= ~self.prior.excludes(columns[c])[columns]
+        parts = []
+        for c, v in sorted(zip(chosen, values.tolist(), strict=False)):
+            aus[columns[c]] = v
+            parts.append(f"{names[c]}:{v:.2f}")
+        return "+".join(parts)
 
     def _au_expression(self, index: int, weights: np.ndarray) -> str:
         """Fill `weights` (n_ex,) for sample `index` of the au sampler; return its label."""

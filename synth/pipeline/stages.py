@@ -29,7 +29,7 @@ import torch
 from synth.cpu import code_path
 from synth.errors import SynthError
 from synth.facemodel.flows import BLOCK
-from synth.labels.au_labels import au_labeller
+from synth.labels.au_labels import au_labeller, single_au_deltas
 from synth.pipeline.config import GenerateConfig
 from synth.pipeline.plan import ShardUnit
 from synth.pipeline.samplers import LatentSpace, Sampler, assign_splits
@@ -155,7 +155,10 @@ class GeometryStage:
     Adds: "z_id" (B, Zi), "z_ex" (B, Ze), "w_id" (B, I), "w_ex" (B, E) float32; "vertices" (B, N, 3)
     float32 metres; "au" (B, A) float32 in [0, 1]; "lmk3d" (B, L, 3) float32 metres (L = 0 without a
     landmark definition for the topology); "identity_id" (B,) int64; "step" (B,) int64; "split",
-    "expression": lists of B str.
+    "expression": lists of B str; "au_nnls" (B, A) float32 in [0, 1] the NNLS estimate from the mesh,
+    "au_nnls_residual" (B,) float32 its relative residual, "au_source" B str ("generating": "au" is the
+    AU vector that made the sample, "generating_clipped": that vector clipped to [0, 1], "nnls": "au" is
+    the estimate), "log_prob_ex" (B,) float32 log p(w_ex) under the expression flow.
     """
 
     def __init__(self, model: Any, cfg: GenerateConfig):
@@ -165,6 +168,7 @@ class GeometryStage:
         self.landmarks = landmark_definition(model)
         self.faces = np.asarray(_numpy(model.faces), dtype=np.int64)
         self.au_labeller = au_labeller(model)
+        self.au_deltas = single_au_deltas(model)[0]  # (A, E) float64: one unit of each AU in w_ex
         self._cache: dict[int, Batch] = {}
 
     def __call__(self, batch: Batch) -> Batch:
@@ -198,13 +202,25 @@ class GeometryStage:
             use = torch.from_numpy(plan.use_catalogue)[:, None]
             w_ex = torch.where(use, mixed, w_ex)
             z_ex = torch.where(use, model.to_latent(w_id, mixed)[1], z_ex)
+        if plan.use_aus.any():
+            # AU vectors: w_ex = w_neutral + sum_a c_a (W_ex[single(a)] - w_neutral); z_ex via the flow.
+            neutral = model.neutral_w_ex.to(w_ex)  # (E,)
+            mixed = neutral + torch.from_numpy(plan.aus).to(w_ex) @ self.au_deltas.to(w_ex)  # (B, E)
+            use = torch.from_numpy(plan.use_aus)[:, None]
+            w_ex = torch.where(use, mixed, w_ex)
+            z_ex = torch.where(use, model.to_latent(w_id, mixed)[1], z_ex)
+        generating = plan.aus * np.float32(self.cfg.sampler.intensity)  # (B, A) what made each AU sample
         if self.cfg.sampler.intensity != 1.0:
             # Scale the expression's deviation from neutral (linear in w_ex for a fixed identity).
             neutral = model.neutral_w_ex.to(w_ex)  # (E,)
             w_ex = neutral + self.cfg.sampler.intensity * (w_ex - neutral)
             z_ex = model.to_latent(w_id, w_ex)[1]
         vertices = model.decode(w_id, w_ex)  # (B, N, 3)
-        au = self.au_labeller(w_id, w_ex)  # (B, A)
+        au_nnls, residual = self.au_labeller.estimate(w_id, w_ex)  # (B, A), (B,)
+        exact = plan.use_aus & ((generating >= 0) & (generating <= 1)).all(axis=1)  # (B,)
+        au = np.where(plan.use_aus[:, None], np.clip(generating, 0.0, 1.0), au_nnls)  # (B, A)
+        source = np.where(exact, "generating", np.where(plan.use_aus, "generating_clipped", "nnls"))
+        log_prob_ex = model.log_prob(w_id, w_ex)[1]  # (B,)
         if self.landmarks is not None:
             from synth.labels.landmarks import landmarks
 
@@ -217,7 +233,11 @@ class GeometryStage:
             "w_id": _numpy(w_id).astype(np.float32),
             "w_ex": _numpy(w_ex).astype(np.float32),
             "vertices": _numpy(vertices).astype(np.float32),
-            "au": np.clip(_numpy(au).astype(np.float32), 0.0, 1.0),
+            "au": au.astype(np.float32),
+            "au_nnls": au_nnls,
+            "au_nnls_residual": residual,
+            "au_source": source.tolist(),
+            "log_prob_ex": _numpy(log_prob_ex).astype(np.float32),
             "lmk3d": _numpy(lmk3d).astype(np.float32),
             "identity_id": plan.group,
             "step": plan.step,
@@ -308,6 +328,9 @@ class ShardWriter:
                 "seed": cfg.seed,
                 "sampler": cfg.sampler.kind.value,
                 "group_step": int(columns["step"][r]),
+                "au_source": columns["au_source"][r],
+                "au_nnls_residual": float(columns["au_nnls_residual"][r]),
+                "log_prob_ex": float(columns["log_prob_ex"][r]),
                 "camera": {
                     "K": columns["K"][r].tolist(),
                     "R": columns["R"][r].tolist(),
@@ -337,6 +360,7 @@ class ShardWriter:
                 "mesh": columns["vertices"][r],
                 "latents": {k: columns[k][r] for k in ("z_id", "z_ex", "w_id", "w_ex")},
                 "au": columns["au"][r],
+                "au_nnls": columns["au_nnls"][r],
                 "lmk2d": columns["lmk2d"][r],
                 "lmk3d": columns["lmk3d"][r],
                 "depth": columns["depth"][r],

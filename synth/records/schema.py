@@ -112,7 +112,12 @@ MEMBERS: tuple[Member, ...] = (
     Member("latents", "npz", Encoding.NPZ, "float32", (), "1", None, None, True,
            "flow latents z_id (Zi,), z_ex (Ze,) and bilinear weights w_id (I,), w_ex (E,)"),
     Member("au", "npy", Encoding.NPY, "float32", ("A",), "intensity", 0.0, 1.0, True,
-           "FACS action-unit intensities; names in manifest.json au_names"),
+           "FACS action-unit intensities; names in manifest.json au_names. meta.au_source says what they "
+           "are: 'generating' = the AU vector the sample was made from (exact), 'generating_clipped' = that "
+           "vector clipped to [0, 1], 'nnls' = the NNLS estimate from the mesh (flow / catalogue samples)"),
+    Member("au_nnls", "npy", Encoding.NPY, "float32", ("A",), "intensity", 0.0, 1.0, False,
+           "NNLS estimate of the AU intensities from the mesh (the label for samples not made from an AU "
+           "vector); its relative residual in meta.au_nnls_residual"),
     Member("lmk2d", "npy", Encoding.NPY, "float32", ("L", 3), "px, px, flag", None, None, False,
            "landmarks projected to the image: x, y in pixels (pixel centres at integer + 0.5), "
            "visible flag in {0, 1}"),
@@ -233,6 +238,24 @@ META_FIELDS: dict[str, tuple[bool, dict[str, Any], str]] = {
         "in pixels of the conditioning maps",
     ),
     "light": (False, {"type": "object"}, "light parameters of the shaded render (renderer-specific)"),
+    "au_source": (
+        False,
+        {"enum": ["generating", "generating_clipped", "nnls"]},
+        "what au.npy holds: the AU vector that made the sample (exact), that vector clipped to [0, 1], or "
+        "the NNLS estimate from the mesh",
+    ),
+    "au_nnls_residual": (
+        False,
+        {"type": "number", "minimum": 0},
+        "relative residual ||d - B c|| / ||d|| of the NNLS estimate (au_nnls.npy) on the expression "
+        "deformation d from the identity's neutral (0 = explained exactly; 0 for a neutral face)",
+    ),
+    "log_prob_ex": (
+        False,
+        {"type": "number"},
+        "log-density of w_ex under the expression flow (nats, PCA coordinates); low values flag "
+        "expressions far from the model's training codes",
+    ),
     "prompts": (False, _vector(None, "string"), "one diffusion prompt per RGB image (rgb_k <- prompts[k])"),
     "negative_prompt": (False, {"type": ["string", "null"]}, "diffusion negative prompt"),
     "ethnicity": (False, {"type": ["string", "null"]}, "ethnicity token of the first RGB image's prompt"),
@@ -359,6 +382,12 @@ INDEX_COLUMNS: tuple[Column, ...] = (
     Column("model_id", pa.string(), False, "face model id"),
     Column("seed", pa.int64(), False, "run seed"),
     Column("au", _F32, False, "A action-unit intensities in [0, 1], order of manifest au_names"),
+    Column(
+        "au_source", pa.string(), True, "generating / generating_clipped / nnls: what the au column holds"
+    ),
+    Column("au_nnls", _F32, True, "NNLS estimate of the A AU intensities from the mesh (null without it)"),
+    Column("au_nnls_residual", pa.float32(), True, "relative residual of the NNLS estimate"),
+    Column("log_prob_ex", pa.float32(), True, "log p(w_ex) under the expression flow (nats)"),
     Column("z_id", _F32, False, "identity flow latent (Zi,)"),
     Column("z_ex", _F32, False, "expression flow latent (Ze,)"),
     Column("w_id", _F32, False, "identity bilinear weights (I,)"),

@@ -167,7 +167,7 @@ def encode_sample(
     files["latents.npz"] = codecs.encode_latents(latents)
     files["au.npy"] = codecs.encode_npy(checked("au", sample["au"]))
     level = cfg.png_compression
-    for name in ("lmk2d", "lmk3d"):
+    for name in ("lmk2d", "lmk3d", "au_nnls"):
         if name in wanted:
             files[f"{name}.npy"] = codecs.encode_npy(checked(name, sample[name]))
     if "depth" in wanted:
@@ -236,6 +236,10 @@ def _index_row(meta: dict[str, Any], sample: Mapping[str, Any], shard: str, file
         "model_id": meta["model_id"],
         "seed": meta["seed"],
         "au": np.asarray(sample["au"], np.float32),
+        "au_source": meta.get("au_source"),
+        "au_nnls": np.asarray(sample["au_nnls"], np.float32) if "au_nnls.npy" in files else None,
+        "au_nnls_residual": meta.get("au_nnls_residual"),
+        "log_prob_ex": meta.get("log_prob_ex"),
         **{name: np.asarray(sample["latents"][name], np.float32) for name in LATENT_NAMES},
         "camera_K": np.ravel(camera["K"]).astype(np.float64),
         "camera_R": np.ravel(camera["R"]).astype(np.float64),

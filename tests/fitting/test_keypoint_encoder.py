@@ -38,6 +38,7 @@ def dataset(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         "output.samples_per_shard=64",
         "runtime.progress=false",
         "runtime.executor=local",
+        "sampler=random",  # the flow's expressions, as when the thresholds below were set
     ]
     generate(compose_config("generate", overrides))
     return out

@@ -147,18 +147,45 @@ def test_a_different_config_on_the_same_directory_is_refused(
     assert (reference / RUN_FILE).is_file()
 
 
-def test_random_sampler_matches_face_model_sample(tiny_model_dir: Path, reference: Path) -> None:
+def test_random_sampler_matches_face_model_sample(tiny_model_dir: Path) -> None:
     from synth.facemodel.model import FaceModel
-    from synth.records import load_webdataset
+    from synth.pipeline.stages import GeometryStage
 
     model = FaceModel.load(tiny_model_dir)
     expected = model.sample_indices([0, 17, 47], seed=0)
-    got = {int(s["__key__"]): s for s in load_webdataset(reference, keys=("mesh", "latents"))}
-    for row, index in enumerate((0, 17, 47)):
-        np.testing.assert_allclose(
-            got[index]["latents"]["z_id"].numpy(), expected["z_id"][row].numpy(), atol=0
-        )
-        np.testing.assert_allclose(got[index]["mesh"].numpy(), expected["vertices"][row].numpy(), atol=1e-6)
+    cfg = compose_config("generate", [f"model.path={tiny_model_dir}", "sampler=random"])
+    got = GeometryStage(model, cfg)({"index": np.array([0, 17, 47])})
+    np.testing.assert_allclose(got["z_id"], expected["z_id"].numpy(), atol=0)
+    np.testing.assert_allclose(got["vertices"], expected["vertices"].numpy(), atol=1e-6)
+    assert set(got["au_source"]) == {"nnls"}  # flow samples: the labels are estimated from the mesh
+    np.testing.assert_array_equal(got["au"], got["au_nnls"])
+
+
+def test_the_default_labels_are_the_generating_au_vectors(tiny_model_dir: Path, reference: Path) -> None:
+    """Exact labels round trip: au.npy of the written dataset is the sampler's AU vector, bit for bit."""
+    from synth.facemodel.model import FaceModel
+    from synth.pipeline.stages import sampler_for
+    from synth.records import load_webdataset
+
+    cfg = compose_config("generate", _overrides(tiny_model_dir, reference))
+    plan = sampler_for(cfg, FaceModel.load(tiny_model_dir)).plan(np.arange(48))
+    assert plan.use_aus.all()
+    table = pq.read_table(reference / "index").sort_by("index")
+    assert set(table.column("au_source").to_pylist()) == {"generating"}
+    au = np.asarray(table.column("au").to_pylist(), np.float32)
+    np.testing.assert_array_equal(au, plan.aus)
+    nnls = np.asarray(table.column("au_nnls").to_pylist(), np.float32)
+    assert np.abs(nnls - au).mean() < 0.02  # the tiny model makes its few AUs exactly
+    assert np.isfinite(table.column("log_prob_ex").to_numpy()).all()
+    assert table.column("expression").to_pylist() == plan.expression
+    for sample in load_webdataset(reference, keys=("au", "au_nnls", "meta")):
+        index = int(sample["__key__"])
+        np.testing.assert_array_equal(sample["au"].numpy(), plan.aus[index])
+        assert sample["meta"]["au_source"] == "generating" and "log_prob_ex" in sample["meta"]
+    card = (reference / "README.md").read_text()  # the card shows the prior's figures
+    assert "## Expressions against the expression prior" in card and "neutral faces:" in card
+    for figure in ("aus_per_sample", "base_rates", "cooccurrence", "prototypes"):
+        assert (reference / "card" / f"{figure}.png").stat().st_size > 1000, figure
 
 
 def test_preview_command_on_a_dataset(
@@ -220,7 +247,7 @@ def test_gpu_layout_diffusion_actor_pool_writes_the_same_shards(
     run_ray(spec, shard_units(8, 4), results.append, diffusion_pool=True)
     assert sorted(r.shard_id for r in results) == [0, 1] and all("diffusion" in r.seconds for r in results)
     pool, ref = _members(tmp_path / "pool"), _members(tmp_path / "local")
-    assert sorted(pool) == sorted(ref) and len(pool) == 8 * 12
+    assert sorted(pool) == sorted(ref) and len(pool) == 8 * 13
     for name, data in ref.items():
         if name.endswith(".jpg"):
             diff = np.abs(codecs.jpeg_to_rgb(pool[name]).astype(int) - codecs.jpeg_to_rgb(data).astype(int))
@@ -278,3 +305,17 @@ def test_bad_input_on_a_ray_worker_comes_back_as_one_line(
     shutil.rmtree(model)
     with pytest.raises(SynthError, match=f"on a Ray worker: .*{model}"):
         run_ray(spec, shard_units(4, 4), lambda result: None)
+
+
+def test_expressions_command_reports_exact_labels(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    assert _cli(["expressions", str(reference)], monkeypatch, tmp_path) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["samples"] == 48 and report["au_vector_samples"] == 48
+    assert report["label_mae"] == 0.0 and report["exclusive_violations"] == 0
+    assert report["au_source"] == {"generating": 48}
+    assert report["nnls_f1_micro"] > 0.9  # the tiny model makes its AUs exactly
+    assert _cli(["expressions", str(tmp_path / "nowhere")], monkeypatch, tmp_path) == 2

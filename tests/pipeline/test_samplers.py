@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 from scipy.stats import chi2
 
 from synth.errors import SynthError
-from synth.pipeline.config import InterpolationMode, SamplerConfig, SamplerKind, SplitConfig
+from synth.labels.expression_prior import ExpressionPriorConfig
+from synth.labels.expressions import load_catalogue
+from synth.pipeline.config import ExpressionSource, InterpolationMode, SamplerConfig, SamplerKind, SplitConfig
 from synth.pipeline.samplers import LatentSpace, Sampler, assign_splits
 from synth.seeding import Stage, torch_generator
 
@@ -23,8 +25,25 @@ SPACE = LatentSpace(
 )
 
 
+CATALOGUE = load_catalogue()
+CAT_SPACE = LatentSpace(
+    dim_id=5,
+    dim_ex=4,
+    expression_names=CATALOGUE.expression_names,
+    au_names=CATALOGUE.au_names,
+    expression_aus=CATALOGUE.expression_aus,
+)  # the real catalogue: every AU has its single-AU expression, so the expression prior has all its units
+
+
 def sampler(seed: int = 3, **kw) -> Sampler:
+    """A sampler over the small fake space; the flow's expressions unless the test asks otherwise."""
+    kw = {"kind": SamplerKind.random, "expressions_from": ExpressionSource.flow} | kw
     return Sampler(SamplerConfig(**kw), seed, SPACE)
+
+
+def prior_sampler(seed: int = 3, **kw) -> Sampler:
+    """A sampler over the real catalogue, expressions from the expression prior (the defaults)."""
+    return Sampler(SamplerConfig(**kw), seed, CAT_SPACE)
 
 
 def test_random_sampler_draws_what_face_model_sample_draws() -> None:
@@ -42,11 +61,11 @@ def test_random_sampler_draws_what_face_model_sample_draws() -> None:
 @settings(max_examples=15, deadline=None)
 @given(indices=st.lists(st.integers(0, 200), min_size=1, max_size=12, unique=True))
 def test_a_sample_does_not_depend_on_its_batch(kind: SamplerKind, indices: list[int]) -> None:
-    s = sampler(kind=kind, targets={"AU12": 1.5} if kind is SamplerKind.au else {})
+    s = prior_sampler(kind=kind, targets={"AU12_L": 1.5} if kind is SamplerKind.au else {})
     together = s.plan(np.array(indices))
     for row, index in enumerate(indices):
         alone = s.plan(np.array([index]))
-        for field in ("z_id", "z_ex", "expr_weights", "use_catalogue", "group", "step"):
+        for field in ("z_id", "z_ex", "expr_weights", "use_catalogue", "group", "step", "use_aus", "aus"):
             np.testing.assert_array_equal(getattr(together, field)[row], getattr(alone, field)[0])
         assert together.expression[row] == alone.expression[0]
 
@@ -82,14 +101,58 @@ def test_au_targets_by_au_name_and_expression_name_with_extrapolation() -> None:
     assert len({tuple(r) for r in plan.z_id}) == 3  # identities still vary
 
 
-def test_au_random_mixtures_stay_in_range() -> None:
+def test_au_random_draws_are_au_vectors_in_range() -> None:
     s = sampler(kind=SamplerKind.au, num_random_aus=2, intensity_min=0.2, intensity_max=1.4)
     plan = s.plan(np.arange(40))
-    nonzero = plan.expr_weights[plan.expr_weights > 0]
-    assert ((plan.expr_weights > 0).sum(1) == 2).all()
+    assert plan.use_aus.all() and not plan.use_catalogue.any()
+    nonzero = plan.aus[plan.aus > 0]
+    assert ((plan.aus > 0).sum(1) == 2).all()
     assert nonzero.min() >= 0.2 and nonzero.max() <= 1.4
-    assert plan.expr_weights[:, 0].max() == 0  # never "neutral" itself
     assert all(label.count(":") == 2 for label in plan.expression)
+
+
+def test_au_random_draws_follow_the_prior_base_rates_and_exclusions() -> None:
+    s = prior_sampler(kind=SamplerKind.au, num_random_aus=3)
+    plan = s.plan(np.arange(1500))
+    assert s.prior is not None
+    assert (s.prior.exclusive_violations(plan.aus) == 0).all()
+    active = plan.aus > 0
+    names = CATALOGUE.au_names
+    # AU25 (base rate 0.51) is drawn far more often than AU9 (0.075) and jaw_left (0.01)
+    assert active[:, names.index("AU25")].mean() > 3 * active[:, names.index("AU9")].mean()
+    assert active[:, names.index("AU9")].mean() > active[:, names.index("jaw_left")].mean()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), start=st.integers(0, 10**6))
+def test_no_sampler_ever_moves_an_exclusive_pair(seed: int, start: int) -> None:
+    indices = np.arange(start, start + 24)
+    for kw in (
+        {},
+        {"kind": SamplerKind.identity_sets},
+        {"kind": SamplerKind.interpolation, "steps": 4},
+        {"kind": SamplerKind.au, "num_random_aus": 4},
+    ):
+        s = prior_sampler(seed=seed, **kw)
+        plan = s.plan(indices)
+        assert s.prior is not None
+        assert (s.prior.exclusive_violations(plan.aus) == 0).all(), kw
+
+
+def test_prior_sampler_plans_exact_au_vectors() -> None:
+    plan = prior_sampler(seed=5).plan(np.arange(300))
+    assert plan.use_aus.all() and not plan.use_catalogue.any()
+    neutral = ~(plan.aus > 0).any(axis=1)
+    assert [plan.expression[i] for i in np.flatnonzero(neutral)] == ["neutral"] * int(neutral.sum())
+    assert 0.25 < neutral.mean() < 0.5  # the configured 0.372
+    assert plan.aus.max() <= 1.0 and plan.aus[plan.aus > 0].min() > 0.1
+    assert "smile" in plan.expression and "cry_face" in plan.expression
+    assert len({tuple(r) for r in plan.z_id}) == 300
+
+
+def test_prior_sampler_refuses_a_model_without_single_au_expressions() -> None:
+    with pytest.raises(SynthError, match=r"sampler=prior: .*single-AU expressions"):  # SPACE: fake AU names
+        Sampler(SamplerConfig(), 0, SPACE)
 
 
 @pytest.mark.parametrize(
@@ -117,6 +180,10 @@ def test_identity_sets_share_identity_and_start_with_the_neutral_twin() -> None:
     assert plan.use_catalogue[neutral].all() and plan.expr_weights[neutral].sum() == 0
     assert {plan.expression[i] for i in np.flatnonzero(neutral)} == {"neutral"}
     assert not plan.use_catalogue[~neutral].any()  # no expression list: flow-prior expressions
+    with_prior = prior_sampler(kind=SamplerKind.identity_sets, expressions_per_identity=3).plan(np.arange(12))
+    assert (
+        with_prior.use_aus[with_prior.step > 0].all() and not with_prior.use_aus[with_prior.step == 0].any()
+    )
     named = sampler(kind=SamplerKind.identity_sets, expressions_per_identity=2, expressions=["happiness"])
     assert named.plan(np.arange(3)).expression == ["neutral", "happiness", "happiness"]
 
@@ -131,6 +198,11 @@ def test_interpolation_is_linear_between_endpoints(mode: InterpolationMode) -> N
     assert np.allclose(z_ex[0], z_ex[4]) == (mode is InterpolationMode.identity)
     assert not np.allclose(plan.z_id[0], plan.z_id[5])  # the next sequence starts elsewhere
     assert plan.expression[4] == f"interp:{mode.value}:1.000"
+    aus = prior_sampler(kind=SamplerKind.interpolation, steps=5, mode=mode).plan(np.arange(40)).aus
+    seqs = aus.reshape(8, 5, -1)  # 8 sequences of 5 AU vectors
+    np.testing.assert_allclose(seqs[:, 1], 0.75 * seqs[:, 0] + 0.25 * seqs[:, 4], atol=1e-6)
+    moves = [not np.array_equal(q[0], q[4]) for q in seqs]
+    assert any(moves) != (mode is InterpolationMode.identity)
 
 
 @settings(max_examples=20, deadline=None)
@@ -167,11 +239,19 @@ def test_split_fractions_and_identity_disjointness() -> None:
         ({"intensity_min": 0.8, "intensity_max": 0.5}, "sampler.intensity_min"),
         ({"steps": 1}, "sampler.steps"),
         ({"expressions_per_identity": 0}, "sampler.expressions_per_identity"),
+        ({"prior": lambda: ExpressionPriorConfig(neutral_share=1.0)}, "sampler.prior.neutral_share"),
+        ({"prior": lambda: ExpressionPriorConfig(scale_min=0.0)}, "sampler.prior.scale_min"),
+        ({"prior": lambda: ExpressionPriorConfig(intensity_min=0.1)}, "sampler.prior.intensity_min"),
+        ({"prior": lambda: ExpressionPriorConfig(base_rates={"AU12": 1.2})}, "sampler.prior.base_rates.AU12"),
+        (
+            {"prior": lambda: ExpressionPriorConfig(prototype_weights={"smile": -1})},
+            "sampler.prior.prototype_weights",
+        ),
     ],
 )
 def test_sampler_config_validation_names_the_key(kw: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
-        SamplerConfig(**kw)
+        SamplerConfig(**{k: v() if callable(v) else v for k, v in kw.items()})
 
 
 def test_split_config_must_sum_to_one() -> None:

@@ -84,3 +84,31 @@ def test_a_shard_packs_into_one_row_and_back() -> None:
     assert unit == ShardUnit(7, 0, 3) and seconds == {"geometry": 1.5}
     assert back.keys() == columns.keys() and back["split"] == columns["split"]
     np.testing.assert_array_equal(back["depth"], columns["depth"])
+
+
+def test_au_vector_samples_carry_their_vector_and_the_nnls_estimate(model: FaceModel) -> None:
+    stage = _stage(model)  # the default sampler: the expression prior
+    index = np.arange(64)
+    plan = stage.sampler.plan(index)
+    out = stage({"index": index})
+    np.testing.assert_array_equal(out["au"], plan.aus)  # the label is the generating vector
+    assert set(out["au_source"]) == {"generating"}
+    assert np.abs(out["au_nnls"] - out["au"]).mean() < 0.02
+    assert out["au_nnls_residual"].max() < 1e-3 and np.isfinite(out["log_prob_ex"]).all()
+    # the mesh is the identity's neutral plus the weighted single-AU deformations of the catalogue
+    neutral = _stage(model, "sampler.intensity=0.0")({"index": index})
+    row = int(np.flatnonzero((plan.aus > 0).sum(1) == 1)[0])  # a sample made of one AU column
+    column = int(np.argmax(plan.aus[row]))
+    table = model.expression_aus.numpy()
+    single = int(np.flatnonzero(((table > 0).sum(1) == 1) & (np.argmax(table, 1) == column))[0])
+    w_id = torch.from_numpy(out["w_id"][row : row + 1])
+    w_n = model.neutral_w_ex[None]
+    delta = model.decode(w_id, model.expression_coefficients[single][None]) - model.decode(w_id, w_n)
+    expected = neutral["vertices"][row] + plan.aus[row].max() * delta[0].numpy()
+    np.testing.assert_allclose(out["vertices"][row], expected, atol=2e-6)
+    # sampler.intensity > 1 scales the vector: labels clipped to [0, 1] and marked so
+    loud = _stage(model, "sampler.intensity=3.0")({"index": index})
+    over = (3.0 * plan.aus > 1).any(axis=1)
+    assert over.any()
+    assert [s == "generating_clipped" for s in loud["au_source"]] == over.tolist()
+    np.testing.assert_allclose(loud["au"], np.clip(3.0 * plan.aus, 0, 1), atol=1e-6)

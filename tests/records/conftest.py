@@ -60,6 +60,7 @@ def make_sample(index: int, n_rgb: int = 1, size: int = SIZE, seed: int = 0) -> 
             "w_ex": rng.normal(size=6).astype(np.float32),
         },
         "au": rng.uniform(0, 1, N_AU).astype(np.float32),
+        "au_nnls": np.linspace(0, 1, N_AU, dtype=np.float32),  # no rng draw: other members unchanged
         "lmk2d": lmk2d,
         "lmk3d": rng.normal(0, 0.05, (N_LMK, 3)).astype(np.float32),
         "depth": depth,

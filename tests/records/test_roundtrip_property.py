@@ -13,7 +13,7 @@ from synth.records.schema import LATENT_NAMES, OPTIONAL_MEMBERS
 from synth.records.validate import validate_dataset
 from synth.records.writer import write_dataset_files, write_manifest, write_shard
 
-LOSSLESS = ("mesh", "au", "lmk2d", "lmk3d", "mask", "canny", "shaded")
+LOSSLESS = ("mesh", "au", "au_nnls", "lmk2d", "lmk3d", "mask", "canny", "shaded")
 
 
 def flags(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -40,6 +40,7 @@ def datasets(draw: st.DrawFn) -> tuple[list[dict], list[str], int]:
             "mesh": rng.normal(size=(n_verts, 3)).astype(np.float32),
             "latents": {k: rng.normal(size=d).astype(np.float32) for k, d in dims.items()},
             "au": rng.uniform(size=n_au).astype(np.float32),
+            "au_nnls": rng.uniform(size=n_au).astype(np.float32),
             "lmk2d": np.concatenate([rng.uniform(0, 9, (n_lmk, 2)), flags(rng, n_lmk)], 1).astype(np.float32),
             "lmk3d": rng.normal(size=(n_lmk, 3)).astype(np.float32),
             "depth": np.where(mask, rng.uniform(0.1, 3.0, (height, width)), 0).astype(np.float32),

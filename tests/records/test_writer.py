@@ -94,7 +94,7 @@ def test_index_parts_follow_the_schema(dataset: Path) -> None:
     assert row["camera_K"] == pytest.approx(np.ravel(want["meta"]["camera"]["K"]).tolist())
     assert row["num_rgb"] == 1 and row["prompts"] == ["portrait 0"]
     assert {p["name"] for p in row["phenotype"]} == {"age", "gender"}
-    assert row["members"] == sorted(row["members"]) and len(row["crc32"]) == len(row["members"]) == 12
+    assert row["members"] == sorted(row["members"]) and len(row["crc32"]) == len(row["members"]) == 13
 
 
 def test_shards_are_byte_reproducible(tmp_path: Path) -> None:
