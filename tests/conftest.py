@@ -27,8 +27,11 @@ def s3_server() -> Iterator[str]:
     The standard AWS environment variables point every client of this process, and of the processes it
     starts (Ray nodes, `synth` subprocesses), at it: `AWS_ENDPOINT_URL` and test credentials.
     """
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

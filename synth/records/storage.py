@@ -105,7 +105,9 @@ class Store:
         if is_url(location):
             import fsspec
 
-            self.fs, self.root = fsspec.core.url_to_fs(self.location)
+            # No listings cache: other processes (workers, a rerun) change the prefix between two calls,
+            # and a stale cached listing would hide a shard or the manifest.
+            self.fs, self.root = fsspec.core.url_to_fs(self.location, use_listings_cache=False)
             self.root = self.root.rstrip("/")
             self.local: Path | None = None
         else:
