@@ -25,13 +25,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_records import KEYS, make_sample  # noqa: E402  # the same synthetic samples as the local bench
+from bench_records import KEYS, make_sample  # the same synthetic samples as the local bench
 
-from synth.hardware import cpu_model  # noqa: E402
-from synth.records import codecs, load_webdataset  # noqa: E402
-from synth.records.config import OutputConfig  # noqa: E402
-from synth.records.storage import Store  # noqa: E402
-from synth.records.writer import write_dataset_files, write_manifest, write_shard  # noqa: E402
+from synth.hardware import cpu_model
+from synth.records import codecs, load_webdataset
+from synth.records.config import OutputConfig
+from synth.records.storage import Store
+from synth.records.writer import write_dataset_files, write_manifest, write_shard
 
 log = logging.getLogger("bench_remote_loader")
 LATENCY_S = [0.0]  # read by the server thread for every request
@@ -148,9 +148,9 @@ def main() -> None:
         for name, ds in (("tar", tar), ("loose", loose)):
             best[name] = min(time_loader(ds, args.workers, args.samples) for _ in range(args.repeats))
         tar_rate, loose_rate = args.samples / best["tar"], args.samples / best["loose"]
-        log.info("added latency %.0f ms/request (load average %.1f): tar shards %.1f samples/s, loose objects "
-                 "%.1f samples/s -> ratio %.2fx", latency, os.getloadavg()[0], tar_rate, loose_rate,
-                 tar_rate / loose_rate)  # fmt: skip
+        log.info("added latency %.0f ms/request (load average %.1f): tar shards %.1f samples/s, "
+                 "loose objects %.1f samples/s -> ratio %.2fx", latency, os.getloadavg()[0], tar_rate,
+                 loose_rate, tar_rate / loose_rate)  # fmt: skip
 
 
 if __name__ == "__main__":
