@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--latency-ms", default="0,20", help="comma-separated added latencies per request")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("botocore", "aiobotocore", "s3fs", "werkzeug"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     torch.set_num_threads(1)
     start_server()
     import fsspec
