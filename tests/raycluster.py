@@ -74,7 +74,7 @@ class Cluster:
     def _start(self, name: str, args: list[str], num_cpus: int) -> Node:
         temp_dir = Path(tempfile.mkdtemp(prefix=f"r{name}", dir="/tmp"))
         cache_dir = self.root / f"cache-{name}"
-        cache_dir.mkdir()
+        cache_dir.mkdir(exist_ok=True)
         env = {**self.env, "SYNTH_CACHE_DIR": str(cache_dir)}
         cmd = [RAY, "start", "--block", f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus}",
                f"--object-store-memory={OBJECT_STORE}", "--disable-usage-stats",
@@ -86,16 +86,34 @@ class Cluster:
         self.nodes.append(node)
         return node
 
+    def _start_until_up(self, name: str, args: list[str], num_cpus: int, tries: int = 3) -> Node:
+        """Start a node and wait for `ray start` to report it up. On a loaded machine a raylet can miss
+        Ray's fixed 30 s registration window ("timed out during startup"): that node is killed and
+        started again."""
+        for attempt in range(tries):
+            node = self._start(name, args, num_cpus)
+            log = self.root / f"{name}.log"
+            deadline = time.monotonic() + 180
+            while node.process.poll() is None and time.monotonic() < deadline:
+                if "Ray runtime started" in log.read_text(errors="replace"):
+                    return node
+                time.sleep(0.5)
+            node.kill()
+            self.nodes.remove(node)
+            if attempt < tries - 1:
+                log.rename(log.with_suffix(f".failed{attempt}.log"))
+        raise RuntimeError(f"Ray node {name} did not start: {log.read_text(errors='replace')[-1500:]}")
+
     def start_head(self, dashboard: bool) -> Node:
         self.port = free_port()
         self.dashboard_port = free_port()
         port = f"--dashboard-port={self.dashboard_port}"
         dash = ["--include-dashboard=true", "--dashboard-host=127.0.0.1", port]
         args = ["--head", f"--port={self.port}", *(dash if dashboard else ["--include-dashboard=false"])]
-        return self._start("head", args, 0)  # 0 CPUs: every shard is written on a worker node
+        return self._start_until_up("head", args, 0)  # 0 CPUs: every shard is written on a worker node
 
     def start_worker(self, name: str) -> Node:
-        return self._start(name, [f"--address={self.address}"], 1)
+        return self._start_until_up(name, [f"--address={self.address}"], 1)
 
     def wait_for_cpus(self, cpus: int, timeout_s: float = 120) -> None:
         """Block until the cluster offers `cpus` CPUs (all worker nodes joined)."""

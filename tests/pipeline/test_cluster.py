@@ -45,8 +45,7 @@ def cluster(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     c = Cluster(root=root, env=cluster_env({}))
     try:
         c.start_head(dashboard=True)
-        time.sleep(2)  # the GCS must listen before workers join
-        c.start_worker("w1")
+        c.start_worker("w1")  # one after the other: concurrent starts overload 2 cores
         c.start_worker("w2")
         c.wait_for_cpus(2)
         yield c
