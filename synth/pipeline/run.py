@@ -135,7 +135,7 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
 
     model = FaceModel.load(spec.model_dir)
     fingerprint = fingerprint_config(cfg, model.model_id)
-    if not resuming and cfg.output.overwrite is Overwrite.REPLACE:
+    if not resuming and cfg.output.overwrite is Overwrite.REPLACE and out.listing():
         _replace(out)
     if out.local is not None:
         out.local.mkdir(parents=True, exist_ok=True)
