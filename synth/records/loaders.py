@@ -187,8 +187,12 @@ def _index_part_of(url: str) -> Path | io.BytesIO | None:
         fs, path = fsspec.core.url_to_fs(part_url)
         try:
             return io.BytesIO(retrying(f"read {part_url}", lambda: fs.cat_file(path)))
-        except FileNotFoundError:
-            return None
+        except (FileNotFoundError, PermissionError):
+            return None  # S3 answers 403 for a missing key to clients that may not list the bucket
+        except Exception as err:
+            if getattr(err, "status", None) in (403, 404):  # a web server without the index part
+                return None
+            raise
     path = Path(url)
     part = path.parent / "index" / f"{path.stem}.parquet"
     return part if part.is_file() else None

@@ -44,7 +44,7 @@ def test_s3_dataset_is_byte_identical_to_local_and_validates(tmp_path: Path, s3_
     assert any("shard-000001.tar: sha256 differs" in p for p in problems), problems
 
 
-def test_streaming_load_from_s3_equals_local(tmp_path: Path, s3_bucket: str) -> None:
+def test_streaming_load_from_s3_equals_local(tmp_path: Path, s3_server: str, s3_bucket: str) -> None:
     local = write_dataset(tmp_path / "ds")
     remote = f"{s3_bucket}/ds"
     write_dataset(remote)  # type: ignore[arg-type]
@@ -61,6 +61,12 @@ def test_streaming_load_from_s3_equals_local(tmp_path: Path, s3_bucket: str) -> 
     # Shard URLs instead of the dataset prefix, a split, and the index read through pyarrow + fsspec.
     urls = [f"{remote}/shard-00000{i}.tar" for i in range(3)]
     assert [x["__key__"] for x in batches(urls)] == [x["__key__"] for x in a]
+    # Plain web URLs of the same objects (fsspec's HTTP filesystem; the index parts are found next to them).
+    fs = Store.of(remote).fs
+    for name in Store.of(remote).listing():
+        fs.chmod(f"{remote.removeprefix('s3://')}/{name}", acl="public-read")  # anonymous web reads
+    http = [u.replace("s3://", f"{s3_server}/") for u in urls]
+    assert [x["__key__"] for x in batches(http)] == [x["__key__"] for x in a]
     assert read_index(remote).equals(read_index(local))
     selection = select(remote, split="train")
     assert len(selection) == len(select(local, split="train"))
