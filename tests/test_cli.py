@@ -100,7 +100,7 @@ BAD = [
     (["sampler.truncation=1.5"], "sampler.truncation"),
     (["splits.train=0.9"], "splits.train"),
     (["model.path=/nonexistent/synth-model"], "/nonexistent/synth-model"),
-    (["output.dir=s3://bucket/faces"], "output.dir"),
+    (["output.dir=nosuch://bucket/faces"], "output.dir"),
 ]
 
 
@@ -122,6 +122,15 @@ def test_bad_input_one_line_exit_2_nothing_written(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and names in err[0], err
     assert list(tmp_path.iterdir()) == []  # no dataset, no Hydra outputs/ in the working directory
+
+
+def test_missing_bucket_is_refused_in_one_line_before_any_work(
+    s3_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    assert _run_cli(["generate", "output.dir=s3://no-such-bucket/faces"], monkeypatch, tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bucket 'no-such-bucket' does not exist" in err[0], err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sampler_asking_for_what_the_model_lacks_is_refused(

@@ -2,7 +2,6 @@
 
 import argparse
 import logging
-from pathlib import Path
 
 from synth.errors import SynthError
 
@@ -13,16 +12,19 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(prog="synth preview", description=__doc__)
-    parser.add_argument("dataset_dir", type=Path, help="a synth dataset directory")
+    parser.add_argument("dataset_dir", help="a synth dataset directory or URL (s3://bucket/prefix, ...)")
     parser.add_argument("-n", "--num", type=int, default=16, help="samples to show (default 16)")
-    parser.add_argument("-o", "--out", type=Path, default=None, help="output PNG (default DIR/preview.png)")
+    parser.add_argument("-o", "--out", default=None, help="output PNG path or URL (default DIR/preview.png)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if not args.dataset_dir.is_dir():
-        raise SynthError(f"{args.dataset_dir} is not a directory; give a synth dataset directory")
+    from synth.records.storage import Store
+
+    store = Store.of(args.dataset_dir)
+    if not store.is_dir():
+        raise SynthError(f"{args.dataset_dir} is not a directory; give a synth dataset directory or URL")
     if not 1 <= args.num <= 256:
         raise SynthError(f"-n {args.num} must be in [1, 256]")
     from synth.pipeline.preview import write_preview
 
-    out = write_preview(args.dataset_dir, args.out or args.dataset_dir / "preview.png", args.num)
+    out = write_preview(store, args.out or store.url("preview.png"), args.num)
     sys.stdout.write(f"{out}\n")
     return 0

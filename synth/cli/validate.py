@@ -3,9 +3,9 @@
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from synth.errors import SynthError
+from synth.records.storage import Store
 from synth.records.validate import validate_dataset
 
 log = logging.getLogger(__name__)
@@ -16,7 +16,7 @@ def main() -> int:
         prog="synth validate",
         description="Check a synth dataset: manifest, checksums, counts, every member's dtype/shape/range.",
     )
-    parser.add_argument("dir", type=Path, help="dataset directory (holds manifest.json)")
+    parser.add_argument("dir", help="dataset directory or URL (s3://bucket/prefix, ...; holds manifest.json)")
     parser.add_argument(
         "--quick", action="store_true", help="check files, checksums and CRCs only; no decoding"
     )
@@ -25,7 +25,7 @@ def main() -> int:
         "--jobs", type=int, default=1, help="processes checking shards in parallel (default 1)"
     )
     args = parser.parse_args()
-    if not args.dir.is_dir():
+    if not Store.of(args.dir).is_dir():
         raise SynthError(f"dataset directory {args.dir} does not exist; pass the output.dir of a synth run")
     if args.jobs < 1:
         raise SynthError(f"--jobs must be >= 1, got {args.jobs}")

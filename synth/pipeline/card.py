@@ -10,10 +10,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synth.atomic import atomic_write_bytes, atomic_write_text
 from synth.pipeline.card_expressions import expression_section
+from synth.records.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,14 @@ def _bar_png(labels: list[str], values: list[float], title: str, ylabel: str) ->
     return buf.getvalue()
 
 
-def write_card(dataset_dir: str | Path, summary_lines: list[str] | None = None) -> Path:
-    """Write `README.md` and `card/{au,expressions}.png` for a finished dataset; returns the README path."""
-    root = Path(dataset_dir)
-    manifest = json.loads((root / "manifest.json").read_text())
-    table = pq.read_table(root / "index", columns=["split", "expression", "au", "identity_id"])
+def write_card(dataset_dir: str | Path | Store, summary_lines: list[str] | None = None) -> str:
+    """Write `README.md` and `card/{au,expressions}.png` for a finished dataset (a directory or URL);
+    returns the README's path or URL."""
+    root = Store.of(dataset_dir)
+    manifest = json.loads(root.read_bytes("manifest.json"))
+    columns = ["split", "expression", "au", "identity_id"]
+    parts = [io.BytesIO(root.read_bytes(s["index_part"])) for s in manifest["shards"]]
+    table = pa.concat_tables(pq.read_table(part, columns=columns) for part in parts)
     au_names = list(manifest["au_names"])
     au = np.asarray(table.column("au").to_pylist(), dtype=np.float32).reshape(len(table), len(au_names))
     splits = Counter(table.column("split").to_pylist())
@@ -54,13 +58,13 @@ def write_card(dataset_dir: str | Path, summary_lines: list[str] | None = None) 
     expressions = Counter(table.column("expression").to_pylist())
     top_expr = expressions.most_common(40)
 
-    atomic_write_bytes(
-        root / CARD_DIR / "au.png",
+    root.write_bytes(
+        f"{CARD_DIR}/au.png",
         _bar_png(au_names, au.mean(0).tolist() if len(au) else [0.0] * len(au_names),
                  "mean AU intensity over the dataset", "mean intensity"),
     )  # fmt: skip
-    atomic_write_bytes(
-        root / CARD_DIR / "expressions.png",
+    root.write_bytes(
+        f"{CARD_DIR}/expressions.png",
         _bar_png([e for e, _ in top_expr], [c for _, c in top_expr], "samples per expression label (top 40)",
                  "samples"),
     )  # fmt: skip
@@ -121,6 +125,5 @@ def write_card(dataset_dir: str | Path, summary_lines: list[str] | None = None) 
         "```",
         "",
     ]
-    path = root / "README.md"
-    atomic_write_text(path, "\n".join(lines))
-    return path
+    root.write_text("README.md", "\n".join(lines))
+    return root.url("README.md")

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import synth
-from synth.atomic import atomic_write_text
 from synth.errors import SynthError
 from synth.pipeline.config import GenerateConfig
 from synth.records.config import Overwrite
+from synth.records.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -107,25 +107,27 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def resolve_output_dir(raw: str | Path) -> Path:
-    """The absolute local path of `output.dir`; URLs (s3://, gs://, ...) are refused with the way out."""
-    if "://" in str(raw):
-        raise SynthError(
-            f"output.dir={raw}: URLs are not supported for writing; mount the bucket or shared file "
-            "system (NFS, gcsfuse, s3 mountpoint) and give its local path (docs/operations.md)"
-        )
-    return Path(raw).expanduser().absolute()
+def resolve_output_dir(raw: str | Path) -> Store:
+    """`output.dir` as a Store: an absolute local path, or an object-store URL (s3://, gs://, ...).
+
+    For a URL the bucket and the credentials are checked here, before any work (one-line SynthError).
+    """
+    store = Store.of(raw)
+    store.check_writable()
+    return store
 
 
-def check_output_dir(out: Path, fingerprint: dict[str, Any], overwrite: Overwrite) -> bool:
+def check_output_dir(out: Path | Store, fingerprint: dict[str, Any], overwrite: Overwrite) -> bool:
     """Decide what to do with an existing output directory; raise `SynthError` to refuse. Writes nothing.
 
-    Returns True when the directory holds files of this same run (a resume), False when it is new/empty or
-    will be replaced (`output.overwrite=REPLACE`).
+    out: a local directory or a Store (an object-store prefix counts as a directory). Returns True when
+    it holds files of this same run (a resume), False when it is new/empty or will be replaced
+    (`output.overwrite=REPLACE`).
     """
-    if out.exists() and not out.is_dir():
+    store = Store.of(out)
+    if store.local is not None and store.local.exists() and not store.local.is_dir():
         raise SynthError(f"output.dir={out} is a file, not a directory; choose another output.dir")
-    if not out.exists() or not any(out.iterdir()):
+    if not store.listing():
         return False
     if overwrite is Overwrite.REPLACE:
         return False
@@ -134,14 +136,14 @@ def check_output_dir(out: Path, fingerprint: dict[str, Any], overwrite: Overwrit
             f"output.dir={out} is not empty and output.overwrite=ERROR; choose a new output.dir, or set "
             "output.overwrite=RESUME to finish it or output.overwrite=REPLACE to start over"
         )
-    run_file = out / RUN_FILE
-    if not run_file.is_file():
+    run_file = store.url(RUN_FILE)
+    if not store.exists(RUN_FILE):
         raise SynthError(
             f"output.dir={out} is not empty and holds no {RUN_FILE} of a synth run; choose an empty or new "
             "output.dir (or output.overwrite=REPLACE to delete its dataset files)"
         )
     try:
-        stored = json.loads(run_file.read_text())["fingerprint"]
+        stored = json.loads(store.read_bytes(RUN_FILE))["fingerprint"]
     except (ValueError, KeyError) as err:
         raise SynthError(
             f"{run_file} is unreadable ({err}); delete it or choose another output.dir"
@@ -169,21 +171,22 @@ def clear_dataset(out: Path) -> None:
 
 
 def write_run_file(
-    out: Path, fingerprint: dict[str, Any], config: dict[str, Any], code_path: dict[str, Any]
+    out: Path | Store, fingerprint: dict[str, Any], config: dict[str, Any], code_path: dict[str, Any]
 ) -> None:
     """Record the run's fingerprint before the first shard (what a resume is checked against), and the
     floating-point code path (`synth.cpu.code_path()`) of this run next to those of earlier runs of the
     dataset. A resume on another code path is allowed and says what it means."""
+    store = Store.of(out)
     earlier: list[dict[str, Any]] = []
-    if (out / RUN_FILE).is_file():
-        earlier = json.loads((out / RUN_FILE).read_text()).get("code_paths", [])
+    if store.exists(RUN_FILE):
+        earlier = json.loads(store.read_bytes(RUN_FILE)).get("code_paths", [])
     new = code_path["key"] not in {p["key"] for p in earlier}
     if earlier and new:
         log.warning(
             "output.dir=%s was started on code path [%s] (%s); this run uses [%s] (%s): the shards it "
             "adds may differ from those a run on the first code path writes for the same config (geometry "
             "within the tolerance in docs/architecture.md, not byte for byte)",
-            out, earlier[0]["key"], earlier[0]["cpu"], code_path["key"], code_path["cpu"],
+            store, earlier[0]["key"], earlier[0]["cpu"], code_path["key"], code_path["cpu"],
         )  # fmt: skip
     body = {
         "fingerprint": fingerprint,
@@ -192,4 +195,4 @@ def write_run_file(
         "synth_version": synth.__version__,
         "code_paths": [*earlier, code_path] if new else earlier,
     }
-    atomic_write_text(out / RUN_FILE, json.dumps(body, indent=2, sort_keys=True) + "\n")
+    Store.of(out).write_text(RUN_FILE, json.dumps(body, indent=2, sort_keys=True) + "\n")

@@ -1,9 +1,11 @@
 """Preview contact sheet of a dataset's first samples: shaded | depth | canny | rgb, top AUs underneath.
 
 It reads the dataset like any user would (tar members in the documented format, decoded with
-`synth.records.codecs`), so `synth preview DIR` works on any synth dataset, finished or not.
+`synth.records.codecs`), so `synth preview DIR` works on any synth dataset, finished or not, local or at
+an object-store URL.
 """
 
+import io
 import json
 import logging
 import tarfile
@@ -14,9 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from synth.atomic import atomic_open
 from synth.errors import SynthError
 from synth.records import codecs
+from synth.records.storage import Store, is_url
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +29,15 @@ PANELS = ("shaded", "depth", "canny", "rgb")
 _WANTED = {"shaded.png", "depth.png", "canny.png", "rgb.jpg", "rgb_0.jpg", "au.npy", "meta.json"}
 
 
-def iter_samples(dataset_dir: Path, limit: int) -> Iterator[dict[str, Any]]:
+def iter_samples(dataset_dir: Path | str | Store, limit: int) -> Iterator[dict[str, Any]]:
     """The first `limit` samples (by shard order) as dicts of decoded members (those the preview uses)."""
-    shards = sorted(dataset_dir.glob("shard-*.tar"))
+    store = Store.of(dataset_dir)
+    shards = [n for n in store.listing() if n.startswith("shard-") and n.endswith(".tar")]
     count = 0
     for shard in shards:
         current: dict[str, Any] = {}
         key = None
-        with tarfile.open(shard) as tar:
+        with store.open(shard) as stream, tarfile.open(fileobj=stream) as tar:
             for member in tar:
                 sample_key, _, suffix = Path(member.name).name.partition(".")
                 if key is not None and sample_key != key:
@@ -78,17 +81,18 @@ def top_aus(au: np.ndarray, names: list[str], k: int = 3) -> str:
     return "  ".join(parts) or "no AU > 0.05"
 
 
-def au_names_of(dataset_dir: Path, count: int) -> list[str]:
+def au_names_of(dataset_dir: Path | str | Store, count: int) -> list[str]:
+    store = Store.of(dataset_dir)
     for name in ("au_names.json", "manifest.json"):
-        path = dataset_dir / name
-        if path.is_file():
-            data = json.loads(path.read_text())
+        if store.exists(name):
+            data = json.loads(store.read_bytes(name))
             return list(data if isinstance(data, list) else data["au_names"])
     return [f"AU#{i}" for i in range(count)]
 
 
-def make_contact_sheet(dataset_dir: Path, limit: int = 16, columns: int = 4) -> Image.Image:
+def make_contact_sheet(dataset_dir: Path | str | Store, limit: int = 16, columns: int = 4) -> Image.Image:
     """The contact sheet image of the first `limit` samples of `dataset_dir`."""
+    dataset_dir = Store.of(dataset_dir)
     samples = list(iter_samples(dataset_dir, limit))
     if not samples:
         raise SynthError(f"{dataset_dir}: no samples found (no shard-*.tar); is it a synth dataset?")
@@ -121,11 +125,13 @@ def make_contact_sheet(dataset_dir: Path, limit: int = 16, columns: int = 4) -> 
     return sheet
 
 
-def write_preview(dataset_dir: str | Path, out: str | Path, limit: int = 16) -> Path:
-    """Write the contact sheet PNG of `dataset_dir`'s first `limit` samples to `out` (atomically)."""
-    sheet = make_contact_sheet(Path(dataset_dir), limit)
-    out = Path(out)
-    with atomic_open(out) as f:
-        sheet.save(f, format="PNG")
+def write_preview(dataset_dir: str | Path | Store, out: str | Path, limit: int = 16) -> str:
+    """Write the contact sheet PNG of `dataset_dir`'s first `limit` samples to `out` (a path or URL,
+    written whole); returns `out`."""
+    sheet = make_contact_sheet(dataset_dir, limit)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    parent, _, name = str(out).rpartition("/") if is_url(out) else (str(Path(out).parent), "", Path(out).name)
+    Store.of(parent).write_bytes(name, buffer.getvalue())
     log.info("preview: %s", out)
-    return out
+    return str(out)

@@ -12,16 +12,22 @@ The dataset is the list of missing shards (one row per shard, one block per row)
 - diffusion on, no GPU: like diffusion off, each CPU task also runs the diffusion stage on its shard
   (a separate CPU actor pool would only serialise the work).
 
+No disk is shared with the driver: the built model travels through Ray's object store (put once by the
+driver, unpacked once per node into a cache checked by sha256, `synth.pipeline.shipping`), and shards go
+to `output.dir`, which may be an object-store URL every node can reach.
+
 CPU workers are Ray tasks; each worker process keeps its loaded stages in `_PIPELINES` (keyed by the
 worker spec), so the model loads once per process, not once per shard. `ray.init` starts an embedded
 local Ray with the machine's CPUs and an explicit object store size unless `runtime.address` or
 $RAY_ADDRESS names a cluster.
 """
 
+import dataclasses
 import json
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +36,7 @@ import ray
 from synth.cpu import PINNED_ENV
 from synth.errors import SynthError
 from synth.pipeline.plan import ShardUnit
+from synth.pipeline.shipping import ModelPackage, cached_model, pack_model, unpack_model
 from synth.pipeline.stages import (
     DiffusionWorker,
     GeometryWorker,
@@ -42,6 +49,26 @@ from synth.pipeline.stages import (
 log = logging.getLogger(__name__)
 
 _PIPELINES: dict[tuple[str, str], Any] = {}
+_LOCAL_MODELS: dict[str, str] = {}  # model sha256 -> its directory on this node (per worker process)
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """The driver's model in the object store: its sha256 and the reference to its `ModelPackage`."""
+
+    sha256: str
+    ref: Any  # ray.ObjectRef[ModelPackage]
+
+
+def _localize(spec: WorkerSpec, model: ShippedModel) -> WorkerSpec:
+    """`spec` with `model_dir` pointing at this node's copy of the shipped model (fetched once per node)."""
+    if model.sha256 not in _LOCAL_MODELS:
+        path = cached_model(model.sha256)
+        if path is None:
+            package: ModelPackage = ray.get(model.ref)
+            path = unpack_model(package)
+        _LOCAL_MODELS[model.sha256] = str(path)
+    return dataclasses.replace(spec, model_dir=_LOCAL_MODELS[model.sha256])
 
 
 def _cached(kind: str, spec: WorkerSpec, make: Callable[[WorkerSpec], Any]) -> Any:
@@ -80,18 +107,18 @@ def _error(err: SynthError) -> dict[str, np.ndarray]:
     return {"summary": np.array([json.dumps({"error": str(err)})])}
 
 
-def _write_shards(batch: dict[str, np.ndarray], spec: WorkerSpec) -> dict[str, np.ndarray]:
+def _write_shards(batch: dict[str, Any], spec: WorkerSpec, model: ShippedModel) -> dict[str, np.ndarray]:
     try:
-        pipeline = _cached("pipeline", spec, ShardPipeline)
+        pipeline = _cached("pipeline", _localize(spec, model), ShardPipeline)
         return _summary(pipeline(_unit(batch)))
     except SynthError as err:
         return _error(err)
 
 
-def _geometry_shards(batch: dict[str, np.ndarray], spec: WorkerSpec) -> dict[str, Any]:
+def _geometry_shards(batch: dict[str, np.ndarray], spec: WorkerSpec, model: ShippedModel) -> dict[str, Any]:
     unit = _unit(batch)
     try:
-        geometry = _cached("geometry", spec, GeometryWorker)
+        geometry = _cached("geometry", _localize(spec, model), GeometryWorker)
         columns, seconds = geometry(unit)
     except SynthError as err:
         return pack(unit, {"_error": [str(err)]}, {})
@@ -200,11 +227,14 @@ def _run(
     cpus = int(ray.cluster_resources().get("CPU", 1))
     workers = min(runtime.num_workers or cpus, len(units))  # more would idle (and Ray warns)
     rows = [{"shard_id": u.shard_id, "start": u.start, "stop": u.stop} for u in units]
+    package = pack_model(spec.model_dir)
+    model = ShippedModel(package.sha256, ray.put(package))  # held by this frame until the run ends
+    del package
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     if not diffusion_pool:
         ds = ds.map_batches(
             _write_shards,
-            fn_kwargs={"spec": spec},
+            fn_kwargs={"spec": spec, "model": model},
             batch_size=1,
             num_cpus=1,
             compute=ray.data.TaskPoolStrategy(size=workers),
@@ -215,7 +245,7 @@ def _run(
             workers = max(1, min(workers, cpus - runtime.diffusion_workers))
         ds = ds.map_batches(
             _geometry_shards,
-            fn_kwargs={"spec": spec},
+            fn_kwargs={"spec": spec, "model": model},
             batch_size=1,
             num_cpus=1,
             compute=ray.data.TaskPoolStrategy(size=workers),

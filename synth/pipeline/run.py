@@ -2,8 +2,9 @@
 
 1. Front-loaded checks (nothing is written before they pass): diffusion weights, the face model (built on
    first use), the sampler against the model, the output directory against the config fingerprint.
-2. The output directory: `run.json` (fingerprint), the once-per-dataset files, the list of complete
-   shards (temporary files of killed writers are removed).
+2. The output directory (a local path or an object-store URL, `synth.records.storage`): `run.json`
+   (fingerprint), the once-per-dataset files, the list of complete shards from one listing (temporary
+   files of killed writers and tars without their index part are removed).
 3. Execute the missing shards: Ray Data (`synth.pipeline.ray_exec`) or the in-process loop.
 4. Finish: `manifest.json` (last of the dataset files), the preview contact sheet, the dataset card, and
    a summary (samples, shards, bytes, per-stage time).
@@ -31,8 +32,10 @@ from synth.pipeline.plan import (
     write_run_file,
 )
 from synth.pipeline.stages import NO_LANDMARKS, ShardResult, WorkerSpec, landmark_definition, run_in_process
+from synth.records import storage
 from synth.records.config import Overwrite
 from synth.records.schema import LANDMARKS
+from synth.records.storage import Store
 from synth.records.writer import (
     complete_shards,
     read_shard_info,
@@ -48,7 +51,7 @@ log = logging.getLogger(__name__)
 class RunSummary:
     """What a run did: counts, bytes and seconds (per stage, summed over workers)."""
 
-    output_dir: Path
+    output_dir: Path | str
     num_samples: int
     num_shards: int
     shards_written: int
@@ -57,6 +60,7 @@ class RunSummary:
     wall_s: float
     stage_s: dict[str, float] = field(default_factory=dict)
     samples_written: int = 0
+    retries: int = 0  # transient storage errors retried (uploads, listings), summed over workers
 
     @property
     def samples_per_s(self) -> float:
@@ -71,6 +75,7 @@ class RunSummary:
             f"bytes: {self.bytes / 2**20:.1f} MiB",
             f"wall time: {self.wall_s:.1f}s ({self.samples_per_s:.1f} samples/s written now)",
             f"stage time (summed over workers): {stages or 'none'}",
+            f"storage retries: {self.retries}",
         ]
 
 
@@ -141,14 +146,16 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
     """Run `synth generate` for a validated config; returns the summary. Raises SynthError on bad input."""
     t0 = time.perf_counter()
     spec, resuming = prepare(cfg, output_dir)
-    out = Path(spec.output_dir)
+    out = Store.of(spec.output_dir)
+    retries0 = storage.RETRIES[0]
     from synth.facemodel.model import FaceModel
 
     model = FaceModel.load(spec.model_dir)
     fingerprint = fingerprint_config(cfg, model.model_id)
-    if not resuming and out.exists() and cfg.output.overwrite is Overwrite.REPLACE:
+    if not resuming and cfg.output.overwrite is Overwrite.REPLACE and out.listing():
         _replace(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.local is not None:
+        out.local.mkdir(parents=True, exist_ok=True)
     write_run_file(out, fingerprint, to_jsonable(cfg), code_path())
     write_dataset_files(out, model.faces, list(model.au_names), landmarks=_landmarks_json(model))
 
@@ -165,6 +172,7 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
 
     stage_s: dict[str, float] = {}
     written = [0]
+    worker_retries = [0]
     progress = Progress(
         cfg.num_samples, sum(u.size for u in units if u.shard_id in done), cfg.runtime.progress
     )
@@ -173,6 +181,7 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
         for k, v in result.seconds.items():
             stage_s[k] = stage_s.get(k, 0.0) + v
         written[0] += result.num_samples
+        worker_retries[0] += result.retries
         progress.update(result.num_samples)
 
     try:
@@ -187,6 +196,9 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
         # An executor bug, not bad input: keep the traceback.
         raise RuntimeError(f"shards {missing[:5]} are missing after the run")
     infos = [read_shard_info(out, u.shard_id) for u in units]
+    # Workers in this process (the local executor) count into the same counter as the driver.
+    local_workers = spec.cfg.runtime.executor is Executor.local
+    retries = storage.RETRIES[0] - retries0 + (0 if local_workers else worker_retries[0])
     wall = time.perf_counter() - t0
     write_manifest(
         out,
@@ -195,7 +207,7 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
         model={"id": model.model_id, "path": spec.model_dir, "hash": model.model_id},
         au_names=list(model.au_names),
         samples_per_shard=cfg.output.samples_per_shard,
-        timings={**stage_s, "wall": wall},
+        timings={**stage_s, "wall": wall, "storage_retries": retries},
         extra={
             "config_sha256": fingerprint_hash(fingerprint),
             "run_file": RUN_FILE,
@@ -203,7 +215,7 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
         },
     )
     summary = RunSummary(
-        output_dir=out,
+        output_dir=str(out),
         num_samples=cfg.num_samples,
         num_shards=len(units),
         shards_written=len(todo),
@@ -212,6 +224,7 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
         wall_s=wall,
         stage_s=stage_s,
         samples_written=written[0],
+        retries=retries,
     )
     _finish(out, cfg, summary)
     return summary
@@ -226,22 +239,19 @@ def _execute(spec: WorkerSpec, units: list[ShardUnit], on_shard: Callable[[Shard
         run_ray(spec, units, on_shard)
 
 
-def _remove_shard(out: Path, shard_id: int) -> None:
+def _remove_shard(out: Store, shard_id: int) -> None:
     info = read_shard_info(out, shard_id)
-    (out / info.index_part).unlink()  # the index part first: without it the shard is incomplete
-    (out / info.name).unlink()
+    out.remove([info.index_part])  # the index part first: without it the shard is incomplete
+    out.remove([info.name])
 
 
-def _replace(out: Path) -> None:
+def _replace(out: Store) -> None:
     remove_dataset(out)
-    for name in (RUN_FILE, "README.md", "preview.png", "card"):
-        path = out / name
-        if path.is_dir():
-            for child in path.iterdir():
-                child.unlink()
-            path.rmdir()
-        elif path.exists():
-            path.unlink()
+    names = out.listing()
+    own = (RUN_FILE, "README.md", "preview.png")
+    out.remove([n for n in names if n in own or n.startswith("card/")])
+    if out.local is not None and (out.local / "card").is_dir():
+        (out.local / "card").rmdir()
     log.info("output.overwrite=REPLACE: removed the previous dataset in %s", out)
 
 
@@ -258,13 +268,13 @@ def _landmark_summary(model: Any) -> str:
     return f"{len(definition.names)} landmarks of topology {definition.topology!r} ({LANDMARKS})"
 
 
-def _finish(out: Path, cfg: GenerateConfig, summary: RunSummary) -> None:
+def _finish(out: Store, cfg: GenerateConfig, summary: RunSummary) -> None:
     """Preview and dataset card (after the manifest: they read the finished dataset like any user)."""
     from synth.pipeline.card import write_card
     from synth.pipeline.preview import write_preview
 
     if cfg.preview_samples:
-        write_preview(out, out / "preview.png", cfg.preview_samples)
+        write_preview(out, out.url("preview.png"), cfg.preview_samples)
     write_card(out, summary.lines())
     for line in summary.lines():
         log.info("%s", line)

@@ -63,6 +63,7 @@ class ShardResult:
     num_samples: int
     bytes: int
     seconds: dict[str, float] = field(default_factory=dict)
+    retries: int = 0  # transient storage errors retried while writing the shard
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -308,12 +309,15 @@ class ShardWriter:
         self.spec = spec
 
     def __call__(self, unit: ShardUnit, columns: Batch) -> ShardResult:
+        from synth.records import storage
         from synth.records.writer import write_shard
 
         t = time.perf_counter()
+        retries = storage.RETRIES[0]
         samples = list(self.samples(columns))
         info = write_shard(self.spec.output_dir, unit.shard_id, samples, self.spec.cfg.output)
-        return ShardResult(unit.shard_id, len(samples), info.bytes, {"write": time.perf_counter() - t})
+        seconds = {"write": time.perf_counter() - t}
+        return ShardResult(unit.shard_id, len(samples), info.bytes, seconds, storage.RETRIES[0] - retries)
 
     def samples(self, columns: Batch) -> Iterable[dict[str, Any]]:
         cfg = self.spec.cfg

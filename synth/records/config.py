@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from synth.records.schema import OPTIONAL_MEMBERS
+from synth.records.storage import check_protocol
 
 
 class Overwrite(Enum):
@@ -23,7 +24,9 @@ class Overwrite(Enum):
 class OutputConfig:
     """Dataset output settings.
 
-    dir: output directory (created); shards go to `dir/shard-NNNNNN.tar`, index parts to `dir/index/`.
+    dir: output directory (created) or object-store URL (s3://bucket/prefix, gs://..., any fsspec
+        protocol; endpoint and credentials from the client's standard environment, e.g. AWS_ENDPOINT_URL);
+        shards go to `dir/shard-NNNNNN.tar`, index parts to `dir/index/`.
     samples_per_shard: samples per tar shard (the unit of work and of resume).
     jpeg_quality: quality of the RGB JPEGs (1..100).
     png_compression: zlib level of the PNG maps (0..9; 1 is ~3x faster than 6 for ~10% more bytes).
@@ -41,6 +44,7 @@ class OutputConfig:
     def __post_init__(self) -> None:
         if not str(self.dir).strip():
             raise ValueError("output.dir must be a non-empty path, got ''")
+        check_protocol(str(self.dir))
         if not 1 <= self.samples_per_shard <= 100_000:
             raise ValueError(f"output.samples_per_shard must be in [1, 100000], got {self.samples_per_shard}")
         if not 1 <= self.jpeg_quality <= 100:

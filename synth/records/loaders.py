@@ -11,12 +11,17 @@ for epoch in range(10):
         ...
 ```
 
+A dataset may live in a local directory or at an object-store / web URL (`s3://bucket/prefix`,
+`gs://...`, `https://...`): shards are then streamed through fsspec (ranged reads; members that are not
+asked for are skipped, not downloaded, when they are large enough), with the same index checks.
+
 Each sample comes exactly once per epoch whatever the number of DataLoader workers and nodes: shards are
 the unit of splitting (node, then worker), so every shard is read by exactly one worker. For a perfect
 balance use at least as many shards as workers x nodes.
 """
 
 import functools
+import io
 import json
 import logging
 import os
@@ -37,6 +42,7 @@ from torch.utils.data import IterableDataset
 from synth.errors import SynthError
 from synth.records.reader import RawSample, RecordError, check_crc, decode_raw, iter_raw_samples, shard_label
 from synth.records.schema import AU_NAMES, MANIFEST, MEMBER_BY_NAME, SPLITS, index_schema, member_of
+from synth.records.storage import Store, is_url, retrying
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +65,21 @@ def read_index(
     while a run is going). columns: columns to read (default all, see docs/dataset-format.md);
     filters: pyarrow `filters` (e.g. `[("split", "=", "train")]`), applied while reading.
     """
-    root = Path(dataset_dir)
-    manifest = root / MANIFEST
-    if manifest.is_file():
-        parts = [str(root / s["index_part"]) for s in json.loads(manifest.read_text())["shards"]]
+    root = Store.of(dataset_dir)
+    if root.exists(MANIFEST):
+        names = [s["index_part"] for s in json.loads(root.read_bytes(MANIFEST))["shards"]]
     else:
-        parts = sorted(str(p) for p in (root / "index").glob("*.parquet"))
-    if not parts:
-        raise SynthError(f"{root / 'index'} holds no index parts; is {root} a synth dataset (output.dir)?")
+        names = [n for n in root.listing() if n.startswith("index/") and n.endswith(".parquet")]
+    if not names:
+        raise SynthError(f"{root.url('index')} holds no index parts; is {root} a synth dataset (output.dir)?")
     wanted = None if columns is None else sorted(set(columns) | {"index"})
-    table = pq.read_table(parts, columns=wanted, filters=filters, schema=index_schema())
+    if root.local is not None:
+        parts, filesystem = [root.url(n) for n in names], None
+    else:  # pyarrow reads through the fsspec filesystem (paths without the protocol)
+        parts, filesystem = [f"{root.root}/{n}" for n in names], root.fs
+    table = pq.read_table(
+        parts, columns=wanted, filters=filters, schema=index_schema(), filesystem=filesystem
+    )
     table = table.sort_by("index")
     return table if columns is None else table.select(list(columns))
 
@@ -113,7 +124,7 @@ def select(
     else:
         table = read_index(source, columns=["key", "shard", "split", "expression", "identity_id", "au"])
         if au_min and au_names is None:
-            au_names = _dataset_au_names(Path(source))
+            au_names = _dataset_au_names(Store.of(source))
     conditions = []
     if split is not None:
         splits = [split] if isinstance(split, str) else list(split)
@@ -137,11 +148,10 @@ def select(
     return Selection.from_table(table)
 
 
-def _dataset_au_names(root: Path) -> list[str]:
-    path = root / AU_NAMES
-    if not path.is_file():
-        raise SynthError(f"{path} is missing; pass au_names= explicitly")
-    return json.loads(path.read_text())
+def _dataset_au_names(root: Store) -> list[str]:
+    if not root.exists(AU_NAMES):
+        raise SynthError(f"{root.url(AU_NAMES)} is missing; pass au_names= explicitly")
+    return json.loads(root.read_bytes(AU_NAMES))
 
 
 # ------------------------------------------------------------------------------------------ the pipeline
@@ -164,11 +174,45 @@ class _ShardList(IterableDataset):
             yield {"url": url}
 
 
-def _index_part_of(url: str) -> Path | None:
-    """The index part next to a local shard (`<dir>/index/shard-N.parquet`), or None."""
+def _index_part_of(url: str) -> Path | io.BytesIO | None:
+    """The index part next to a shard (`<dir>/index/shard-N.parquet`): a local path, the bytes of a
+    remote one (one small request), or None when there is none."""
+    if url.startswith("pipe:"):
+        return None
+    if is_url(url):
+        import fsspec
+
+        base, _, name = url.rpartition("/")
+        part_url = f"{base}/index/{name.removesuffix('.tar')}.parquet"
+        fs, path = fsspec.core.url_to_fs(part_url)
+        try:
+            return io.BytesIO(retrying(f"read {part_url}", lambda: fs.cat_file(path)))
+        except (FileNotFoundError, PermissionError):
+            return None  # S3 answers 403 for a missing key to clients that may not list the bucket
+        except Exception as err:
+            if getattr(err, "status", None) in (403, 404):  # a web server without the index part
+                return None
+            raise
     path = Path(url)
     part = path.parent / "index" / f"{path.stem}.parquet"
     return part if part.is_file() else None
+
+
+# Remote shards are read in blocks this large: one ranged request per block, and members skipped by
+# `keys` that span whole blocks are never downloaded.
+REMOTE_BLOCK = 4 << 20
+
+
+def _open_shard(url: str) -> Any:
+    """A read stream for a shard: fsspec for URLs (s3://, gs://, https://, ...), webdataset otherwise."""
+    if is_url(url) and not url.startswith("pipe:"):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+        return retrying(
+            f"open {url}", lambda: fs.open(path, "rb", block_size=REMOTE_BLOCK, cache_type="readahead")
+        )
+    return wds.gopen(url, "rb")
 
 
 def _handle(err: RecordError, on_error: str) -> None:
@@ -232,7 +276,7 @@ class _ReadShards(wds.PipelineStage):
         need_meta = expected is None and self.split is not None and self.members is not None
         wanted = _Wanted(self.members | {"meta"} if need_meta else self.members)
         seen: set[str] = set()
-        stream = wds.gopen(url, "rb")
+        stream = _open_shard(url)
         try:
             for raw in iter_raw_samples(stream, shard, wanted):
                 key = raw["__key__"]
@@ -408,15 +452,15 @@ def _resolve_urls(
     keys: Sequence[str] | None,
     selection: Selection | None,
 ) -> list[str]:
-    if isinstance(source, str | os.PathLike) and Path(source).is_dir():
-        root = Path(source)
-        manifest_path = root / MANIFEST
-        if not manifest_path.is_file():
+    if isinstance(source, str | os.PathLike) and _is_dataset_root(str(source)):
+        root = Store.of(source)
+        manifest_path = root.url(MANIFEST)
+        if not root.exists(MANIFEST):
             raise SynthError(
                 f"{manifest_path} is missing: the dataset is incomplete; finish the run or "
                 f"pass shard paths explicitly"
             )
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(root.read_bytes(MANIFEST))
         missing = sorted(set(keys or ()) - set(manifest["members"]))
         if missing:
             raise SynthError(
@@ -428,7 +472,7 @@ def _resolve_urls(
             if unknown:
                 raise SynthError(f"selection names shard(s) {unknown[:3]} not in {manifest_path}")
             names = list(selection.shards)
-        return [str(root / name) for name in names]
+        return [root.url(name) for name in names]
     if selection is not None:
         raise SynthError(
             "selection= needs the dataset directory as dir_or_urls (its shard names are relative)"
@@ -440,6 +484,13 @@ def _resolve_urls(
     if not urls:
         raise SynthError(f"no shards in {source!r}")
     return urls
+
+
+def _is_dataset_root(source: str) -> bool:
+    """A local directory, or a URL that names a dataset prefix rather than shards (no .tar, no braces)."""
+    if is_url(source) and not source.startswith("pipe:"):
+        return not source.rstrip("/").endswith(".tar") and "{" not in source
+    return Path(source).is_dir()
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:

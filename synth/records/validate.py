@@ -9,6 +9,8 @@ Problems are collected (not raised) and each names the shard and key where it ap
 """
 
 import concurrent.futures
+import hashlib
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from synth.records import codecs
-from synth.records.reader import RecordError, check_crc, decode_raw, iter_raw_samples, sha256_file
+from synth.records.reader import RecordError, check_crc, decode_raw, iter_raw_samples
 from synth.records.schema import (
     AU_NAMES,
     FACES,
@@ -34,6 +36,7 @@ from synth.records.schema import (
     manifest_json_schema,
     meta_json_schema,
 )
+from synth.records.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +71,15 @@ class Report:
         return not self.problems
 
 
-def validate_dataset(dataset_dir: str | Path, decode: bool = True, jobs: int = 1) -> Report:
-    """Validate the dataset in `dataset_dir`.
+def validate_dataset(dataset_dir: str | Path | Store, decode: bool = True, jobs: int = 1) -> Report:
+    """Validate the dataset in `dataset_dir` (a directory or an object-store URL such as s3://b/ds).
 
     decode: False checks files, checksums and CRCs only (fast). jobs: processes checking shards in
     parallel (problems are reported in shard order whatever the number).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    root = Path(dataset_dir)
+    root = Store.of(dataset_dir)
     report = Report(problems=[])
     problems = report.problems
     manifest = _load_manifest(root, problems)
@@ -86,11 +89,12 @@ def validate_dataset(dataset_dir: str | Path, decode: bool = True, jobs: int = 1
     _check_dataset_files(root, manifest, dims, problems)
 
     listed = {s["name"]: s for s in manifest["shards"]}
-    on_disk = {p.name for p in root.glob("shard-*.tar")}
+    names = root.listing()
+    on_disk = {n for n in names if n.startswith("shard-") and n.endswith(".tar") and "/" not in n}
     for name in sorted(on_disk - set(listed)):
         problems.append(Problem("shard on disk but not in the manifest", shard=name))
     listed_parts = {s["index_part"] for s in manifest["shards"]}
-    for part in sorted(f"index/{p.name}" for p in root.glob("index/*.parquet")):
+    for part in [n for n in names if n.startswith("index/") and n.endswith(".parquet") and n.count("/") == 1]:
         if part not in listed_parts:
             problems.append(Problem(f"index part {part} is not in the manifest (left from another run?)"))
     total = sum(s["num_samples"] for s in manifest["shards"])
@@ -121,7 +125,10 @@ def validate_dataset(dataset_dir: str | Path, decode: bool = True, jobs: int = 1
     return report
 
 
-def _check_shard(task: tuple[Path, dict, dict, dict[str, int], bool]) -> tuple[list[Problem], list[str], int]:
+_ShardTask = tuple[Store, dict, dict, dict[str, int], bool]
+
+
+def _check_shard(task: _ShardTask) -> tuple[list[Problem], list[str], int]:
     """Check one shard (files, then samples): (problems, index keys, samples read). Runs in a worker."""
     root, entry, manifest, dims, decode = task
     problems: list[Problem] = []
@@ -132,13 +139,14 @@ def _check_shard(task: tuple[Path, dict, dict, dict[str, int], bool]) -> tuple[l
     return problems, list(rows), num_samples
 
 
-def _load_manifest(root: Path, problems: list[Problem]) -> dict[str, Any] | None:
-    path = root / MANIFEST
-    if not path.is_file():
-        problems.append(Problem(f"{path} is missing: the dataset is incomplete (the run did not finish)"))
+def _load_manifest(root: Store, problems: list[Problem]) -> dict[str, Any] | None:
+    if not root.exists(MANIFEST):
+        problems.append(
+            Problem(f"{root.url(MANIFEST)} is missing: the dataset is incomplete (the run did not finish)")
+        )
         return None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(root.read_bytes(MANIFEST).decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         problems.append(Problem(f"{MANIFEST} is not valid JSON: {err}"))
         return None
@@ -158,19 +166,18 @@ def _load_manifest(root: Path, problems: list[Problem]) -> dict[str, Any] | None
     return manifest
 
 
-def _check_dataset_files(root: Path, manifest: dict[str, Any], dims: dict[str, int], problems: list) -> None:
+def _check_dataset_files(root: Store, manifest: dict[str, Any], dims: dict[str, int], problems: list) -> None:
     files = manifest["dataset_files"]
     for name, sha in files.items():
-        path = root / name
-        if not path.is_file():
+        if not root.exists(name):
             problems.append(Problem(f"dataset file {name} is missing"))
-        elif sha256_file(path) != sha:
+        elif hashlib.sha256(root.read_bytes(name)).hexdigest() != sha:
             problems.append(Problem(f"dataset file {name}: sha256 differs from the manifest"))
     if FACES not in files:
         problems.append(Problem(f"{FACES} (the topology) is not listed in the manifest"))
-    elif (root / FACES).is_file():
+    elif root.exists(FACES):
         try:
-            faces = codecs.decode_npy((root / FACES).read_bytes())
+            faces = codecs.decode_npy(root.read_bytes(FACES))
         except codecs.DecodeError as err:
             problems.append(Problem(f"{FACES}: {err}"))
         else:
@@ -180,39 +187,38 @@ def _check_dataset_files(root: Path, manifest: dict[str, Any], dims: dict[str, i
                 )
             elif "N" in dims and (faces.min() < 0 or faces.max() >= dims["N"]):
                 problems.append(Problem(f"{FACES} indexes vertices outside [0, N={dims['N']})"))
-    if (root / AU_NAMES).is_file():
+    if root.exists(AU_NAMES):
         try:
-            names = json.loads((root / AU_NAMES).read_text())
+            names = json.loads(root.read_bytes(AU_NAMES).decode())
         except (UnicodeDecodeError, json.JSONDecodeError):
             names = None
         if names != manifest["au_names"]:
             problems.append(Problem(f"{AU_NAMES} differs from the manifest's au_names"))
 
 
-def _check_shard_files(root: Path, entry: dict[str, Any], problems: list[Problem]) -> dict[str, dict] | None:
+def _check_shard_files(root: Store, entry: dict[str, Any], problems: list[Problem]) -> dict[str, dict] | None:
     """Check a shard's tar and index part; return its index rows by key (None if the index is unusable)."""
     name = entry["name"]
-    tar = root / name
-    if not tar.is_file():
+    if not root.exists(name):
         problems.append(Problem("shard listed in the manifest is missing", shard=name))
         return None
-    size = tar.stat().st_size
+    size = root.size(name)
     if size != entry["bytes"]:
         problems.append(
             Problem(f"size {size} bytes, manifest says {entry['bytes']} (truncated?)", shard=name)
         )
-    if sha256_file(tar) != entry["sha256"]:
+    if _sha256(root, name) != entry["sha256"]:
         problems.append(Problem("sha256 differs from the manifest (altered or truncated)", shard=name))
-    part = root / entry["index_part"]
-    if not part.is_file():
+    if not root.exists(entry["index_part"]):
         problems.append(Problem(f"index part {entry['index_part']} is missing", shard=name))
         return None
-    if sha256_file(part) != entry["index_sha256"]:
+    data = root.read_bytes(entry["index_part"])
+    if hashlib.sha256(data).hexdigest() != entry["index_sha256"]:
         problems.append(
             Problem(f"index part {entry['index_part']}: sha256 differs from the manifest", shard=name)
         )
     try:
-        table = pq.read_table(part)
+        table = pq.read_table(io.BytesIO(data))
     except Exception as err:  # pyarrow raises several types for a damaged file; report any
         problems.append(Problem(f"index part {entry['index_part']} unreadable: {err}", shard=name))
         return None
@@ -231,8 +237,16 @@ def _check_shard_files(root: Path, entry: dict[str, Any], problems: list[Problem
     return rows
 
 
+def _sha256(root: Store, name: str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with root.open(name) as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _check_samples(
-    root: Path,
+    root: Store,
     entry: dict[str, Any],
     rows: dict[str, dict],
     manifest: dict[str, Any],
@@ -244,7 +258,7 @@ def _check_samples(
     name = entry["name"]
     seen: list[str] = []
     try:
-        with open(root / name, "rb") as stream:
+        with root.open(name) as stream:
             for raw in iter_raw_samples(stream, name):
                 key = raw["__key__"]
                 if seen and key <= seen[-1]:

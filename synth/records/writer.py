@@ -1,8 +1,13 @@
 """Writing a dataset: tar shards, Parquet index parts, once-per-dataset files, and the manifest (last).
 
 Every file is written to a temporary name, fsynced and renamed (`synth.atomic`); a shard counts as
-complete when its tar AND its index part exist (the index part is written second), and the dataset is
-complete when `manifest.json` exists (written last). Shard bytes depend only on the samples: members
+complete when its tar AND its index part exist (the index part is written second: it is the shard's
+completion marker), and the dataset is complete when `manifest.json` exists (written last).
+
+The dataset directory may also be an object-store URL (s3://, gs://, any fsspec protocol; see
+`synth.records.storage`): a shard is then written to a local temporary directory and sent with one
+upload per file, tar first, index part second, so the same completion rule holds and one listing tells
+which shards are complete. Shard bytes depend only on the samples: members
 are sorted, tar headers carry a fixed mtime, owner and mode, and the encoders are deterministic.
 
 A sample handed to `write_shard` is a dict (the pipeline's output for one global sample index):
@@ -18,11 +23,13 @@ A sample handed to `write_shard` is a dict (the pipeline's output for one global
 import contextlib
 import hashlib
 import importlib.metadata
+import io
 import json
 import logging
 import os
 import re
 import subprocess
+import tempfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,10 +43,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from synth.atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from synth.atomic import atomic_open, atomic_write_bytes
 from synth.records import codecs
 from synth.records.config import OutputConfig
-from synth.records.reader import sha256_file
 from synth.records.schema import (
     AU_NAMES,
     DATASET_FILES,
@@ -61,6 +67,7 @@ from synth.records.schema import (
     sample_key,
     shard_name,
 )
+from synth.records.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -261,17 +268,33 @@ def _index_row(meta: dict[str, Any], sample: Mapping[str, Any], shard: str, file
 
 
 def write_shard(
-    dataset_dir: str | os.PathLike, shard_id: int, samples: Sequence[Mapping[str, Any]], cfg: OutputConfig
+    dataset_dir: str | os.PathLike | Store,
+    shard_id: int,
+    samples: Sequence[Mapping[str, Any]],
+    cfg: OutputConfig,
 ) -> ShardInfo:
     """Write `shard-<id>.tar` and `index/shard-<id>.parquet` for `samples` (any order; sorted by index).
 
-    dataset_dir: the dataset directory (created). cfg: output settings (members, JPEG/PNG settings).
+    dataset_dir: the dataset directory (created) or URL. cfg: output settings (members, JPEG/PNG settings).
     Every sample must hold the members `cfg.members` asks for, with the same dims and the same member set.
     Raises ValueError on bad input (naming the sample key and member) before anything is written.
     """
+    store = Store.of(dataset_dir)
+    if store.local is not None:
+        return _write_shard_local(store.local, shard_id, samples, cfg)
+    # An object store: write the finished files locally, then one upload each, tar before index part.
+    with tempfile.TemporaryDirectory(prefix="synth-shard-") as tmp:
+        info = _write_shard_local(Path(tmp), shard_id, samples, cfg)
+        store.put_file(Path(tmp) / info.name, info.name)
+        store.put_file(Path(tmp) / info.index_part, info.index_part)
+    return info
+
+
+def _write_shard_local(
+    dataset_dir: Path, shard_id: int, samples: Sequence[Mapping[str, Any]], cfg: OutputConfig
+) -> ShardInfo:
     if not samples:
         raise ValueError(f"shard {shard_id}: no samples to write")
-    dataset_dir = Path(dataset_dir)
     name = shard_name(shard_id)
     part = index_part_name(shard_id)
     ordered = sorted(samples, key=lambda s: int(s["index"]))
@@ -344,11 +367,12 @@ def _replace_index_sha(info: ShardInfo, index_sha: str) -> ShardInfo:
     return ShardInfo(**{**info.__dict__, "index_sha256": index_sha})
 
 
-def read_shard_info(dataset_dir: str | os.PathLike, shard_id: int) -> ShardInfo:
-    """The ShardInfo of a complete shard already on disk (from its index part; the tar is not re-read)."""
-    dataset_dir = Path(dataset_dir)
-    part = dataset_dir / index_part_name(shard_id)
-    metadata = pq.read_schema(part).metadata or {}
+def read_shard_info(dataset_dir: str | os.PathLike | Store, shard_id: int) -> ShardInfo:
+    """The ShardInfo of a complete shard already written (from its index part; the tar is not re-read)."""
+    store = Store.of(dataset_dir)
+    part = store.url(index_part_name(shard_id))
+    data = store.read_bytes(index_part_name(shard_id))  # a few KB: read once for the schema and the sha256
+    metadata = pq.read_schema(io.BytesIO(data)).metadata or {}
     if _META_KEY not in metadata:
         raise ValueError(f"{part}: not a synth index part (no {_META_KEY.decode()} metadata)")
     stored = json.loads(metadata[_META_KEY])
@@ -361,59 +385,61 @@ def read_shard_info(dataset_dir: str | os.PathLike, shard_id: int) -> ShardInfo:
         last_index=stored["last_index"],
         bytes=stored["bytes"],
         sha256=stored["sha256"],
-        index_sha256=sha256_file(part),
+        index_sha256=hashlib.sha256(data).hexdigest(),
         dims=stored["dims"],
         members=tuple(stored["members"]),
     )
 
 
-def complete_shards(dataset_dir: str | os.PathLike, clean: bool = True) -> list[int]:
+def complete_shards(dataset_dir: str | os.PathLike | Store, clean: bool = True) -> list[int]:
     """Ids of the complete shards in `dataset_dir` (tar and index part both present), sorted.
 
-    With `clean`, temporary files left by killed writers and tars without an index part are deleted:
-    call it only while no writer is running on this directory (at the start of a run or resume).
+    One listing of the directory (or bucket prefix). With `clean`, temporary files left by killed local
+    writers and tars without an index part are deleted: call it only while no writer is running on this
+    dataset (at the start of a run or resume).
     """
-    dataset_dir = Path(dataset_dir)
-    if not dataset_dir.is_dir():
-        return []
+    store = Store.of(dataset_dir)
+    names = store.listing()
+    present = set(names)
     if clean:
-        for folder in (dataset_dir, dataset_dir / "index"):
-            for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
-                log.info("removing temporary file %s", tmp)
-                tmp.unlink()
+        temporary = [n for n in names if n.count("/") <= 1 and n.rsplit("/", 1)[-1].startswith(".")
+                     and n.endswith(".tmp")]  # fmt: skip
+        for name in temporary:
+            log.info("removing temporary file %s", store.url(name))
+        store.remove(temporary)
     done = []
-    for path in sorted(dataset_dir.glob("shard-*.tar")):
-        match = _SHARD_RE.match(path.name)
+    for name in names:
+        match = _SHARD_RE.match(name)
         if match is None:
             continue
         shard_id = int(match.group(1))
-        if (dataset_dir / index_part_name(shard_id)).is_file():
+        if index_part_name(shard_id) in present:
             done.append(shard_id)
         elif clean:
-            log.info("removing %s: its index part is missing (the writer was killed in between)", path)
-            path.unlink()
+            log.info("removing %s: its index part is missing (the writer was killed in between)", name)
+            store.remove([name])
     return done
 
 
-def remove_dataset(dataset_dir: str | os.PathLike) -> None:
+def remove_dataset(dataset_dir: str | os.PathLike | Store) -> None:
     """Delete the files a synth dataset consists of (manifest first, so a half-deleted one is incomplete)."""
-    dataset_dir = Path(dataset_dir)
-    with contextlib.suppress(FileNotFoundError):
-        (dataset_dir / MANIFEST).unlink()
-    for path in [
-        *dataset_dir.glob("shard-*.tar"),
-        *dataset_dir.glob("index/*.parquet"),
-        *dataset_dir.glob(".*.tmp"),
-        *dataset_dir.glob("index/.*.tmp"),
-    ]:
-        path.unlink()
-    for name in DATASET_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            (dataset_dir / name).unlink()
+    store = Store.of(dataset_dir)
+    store.remove([MANIFEST])
+    names = store.listing()
+    store.remove(
+        [
+            n
+            for n in names
+            if _SHARD_RE.match(n)
+            or (n.startswith("index/") and n.endswith(".parquet"))
+            or (n.count("/") <= 1 and n.rsplit("/", 1)[-1].startswith(".") and n.endswith(".tmp"))
+        ]
+    )
+    store.remove([n for n in DATASET_FILES if n in names])
 
 
 def write_dataset_files(
-    dataset_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike | Store,
     faces: np.ndarray,
     au_names: Sequence[str],
     landmarks: Mapping[str, Any] | None = None,
@@ -424,7 +450,7 @@ def write_dataset_files(
     `au_names.json`. landmarks: the landmark definitions (JSON-able; e.g. barycentric points and names)
     -> `landmarks.json`, when given.
     """
-    dataset_dir = Path(dataset_dir)
+    store = Store.of(dataset_dir)
     faces = np.asarray(faces)
     if faces.ndim != 2 or faces.shape[1] != 3 or faces.dtype.kind not in "iu" or faces.min() < 0:
         raise ValueError(f"faces must be (F, 3) non-negative integers, got {faces.dtype} {faces.shape}")
@@ -437,7 +463,7 @@ def write_dataset_files(
     if landmarks is not None:
         blobs[LANDMARKS] = (json.dumps(jsonable(landmarks), indent=1, sort_keys=True) + "\n").encode()
     for filename, data in blobs.items():
-        atomic_write_bytes(dataset_dir / filename, data)
+        store.write_bytes(filename, data)
     return {filename: hashlib.sha256(data).hexdigest() for filename, data in blobs.items()}
 
 
@@ -457,7 +483,7 @@ def code_version() -> dict[str, str | None]:
 
 
 def write_manifest(
-    dataset_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike | Store,
     shards: Sequence[ShardInfo],
     *,
     config: Mapping[str, Any],
@@ -466,7 +492,7 @@ def write_manifest(
     samples_per_shard: int,
     timings: Mapping[str, float] | None = None,
     extra: Mapping[str, Any] | None = None,
-) -> Path:
+) -> str:
     """Write `manifest.json` — LAST, after every shard and dataset file: its presence marks completion.
 
     shards: ShardInfo of every shard (from `write_shard` or `read_shard_info`), any order.
@@ -474,7 +500,7 @@ def write_manifest(
     extra: more top-level keys (e.g. config_hash); they may not shadow the schema's keys.
     Raises ValueError when shards disagree on dims or members, or a dataset file is missing.
     """
-    dataset_dir = Path(dataset_dir)
+    store = Store.of(dataset_dir)
     ordered = sorted(shards, key=lambda s: s.shard_id)
     if len({s.shard_id for s in ordered}) != len(ordered):
         raise ValueError("write_manifest: a shard is listed twice")
@@ -487,11 +513,11 @@ def write_manifest(
             raise ValueError(f"shard {info.name} has members {info.members}, others {members}")
         members = info.members
     dims["A"] = _bind(dims, "A", len(au_names), "au_names")["A"]
-    faces_path = dataset_dir / FACES
-    if not faces_path.is_file():
-        raise ValueError(f"{faces_path} is missing: call write_dataset_files before write_manifest")
-    present = [name for name in DATASET_FILES if (dataset_dir / name).is_file()]
-    dataset_files = {name: sha256_file(dataset_dir / name) for name in present}
+    listed = set(store.listing())
+    if FACES not in listed:
+        raise ValueError(f"{store.url(FACES)} is missing: call write_dataset_files before write_manifest")
+    present = [name for name in DATASET_FILES if name in listed]
+    dataset_files = {name: hashlib.sha256(store.read_bytes(name)).hexdigest() for name in present}
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "code_version": code_version(),
@@ -512,6 +538,5 @@ def write_manifest(
             raise ValueError(f"write_manifest: extra key {k!r} would overwrite a manifest field")
         manifest[k] = jsonable(v)
     jsonschema.validate(manifest, manifest_json_schema(), cls=jsonschema.Draft202012Validator)
-    path = dataset_dir / MANIFEST
-    atomic_write_text(path, json.dumps(manifest, indent=1) + "\n")
-    return path
+    store.write_text(MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    return store.url(MANIFEST)

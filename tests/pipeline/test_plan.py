@@ -68,10 +68,9 @@ def test_output_dir_new_empty_resume_and_refusals(tmp_path: Path) -> None:
         check_output_dir(out, fp, Overwrite.RESUME)
 
 
-def test_output_dir_refuses_urls_and_files(tmp_path: Path) -> None:
+def test_output_dir_refuses_files(tmp_path: Path) -> None:
     fp = fingerprint_config(GenerateConfig(), "m1")
-    with pytest.raises(SynthError, match="URLs are not supported"):
-        resolve_output_dir("s3://bucket/ds")
+    assert resolve_output_dir(tmp_path / "new").local == tmp_path / "new"
     (tmp_path / "f").write_text("x")
     with pytest.raises(SynthError, match="is a file"):
         check_output_dir(tmp_path / "f", fp, Overwrite.RESUME)
