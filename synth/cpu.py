@@ -9,10 +9,11 @@ PyTorch picks its kernels by the CPU it runs on, and each rounds differently:
   where the CPU has them.
 - Warp compiles the rasterizer's CPU kernels for the host (`-march=native`).
 `pin()` fixes all four before any of them runs (`import synth` calls it):
-- `MKL_CBWR=COMPATIBLE`: MKL's conditional numerical reproducibility on its SSE2 branch, the one branch
-  MKL runs on every x86-64 CPU, Intel or not (its AVX2 branch is Intel-only: elsewhere MKL silently
+- `MKL_CBWR=COMPATIBLE,STRICT`: MKL's conditional numerical reproducibility on its SSE2 branch, the one
+  branch MKL runs on every x86-64 CPU, Intel or not (its AVX2 branch is Intel-only: elsewhere MKL silently
   falls back to the AUTO branch, measured on AMD EPYC). With it the results no longer depend on alignment
-  or batch position either.
+  or batch position either; STRICT makes them independent of the thread count too (without it the
+  decoder's GEMM changed with 1 vs 2 threads, measured).
 - `ATEN_CPU_CAPABILITY=avx2`: ATen's AVX2 kernels on AVX2 and AVX-512 machines alike.
 - `NPY_DISABLE_CPU_FEATURES`: NumPy's AVX-512 dispatch targets off (NumPy reads it when imported).
 - Warp's CPU kernels for its generic x86-64 target instead of the host (see `synth.quiet_warp`).
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 # Values as the libraries spell them.
-MKL_BRANCH = "COMPATIBLE"
+MKL_BRANCH = "COMPATIBLE,STRICT"
 ATEN_CAPABILITY = "avx2"
 NUMPY_LEVEL = "X86_V3"  # NumPy's dispatch target for AVX2 + FMA; the ones above it are disabled
 PINNED_ENV = {
@@ -44,6 +45,8 @@ _MKL_BRANCHES = {
     9: "AVX", 10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1",
 }  # fmt: skip
 _MKL_CBWR_BRANCH = 1
+_MKL_CBWR_ALL = -1
+_MKL_CBWR_STRICT = 0x10000
 
 
 def pin() -> None:
@@ -53,7 +56,7 @@ def pin() -> None:
 
 
 def mkl_branch() -> str:
-    """The MKL code branch in force in this process ("COMPATIBLE" when pinned; "OFF" when CNR is off),
+    """The MKL code branch in force in this process ("COMPATIBLE,STRICT" when pinned; "OFF" without CNR),
     "none" without MKL. Starts MKL, so the pins apply from here on."""
     import torch
 
@@ -65,7 +68,8 @@ def mkl_branch() -> str:
         get = lib.mkl_serv_cbwr_get  # MKL's mkl_cbwr_get, exported by PyTorch's static MKL
     except AttributeError:
         return "unknown"
-    return _MKL_BRANCHES.get(get(_MKL_CBWR_BRANCH), "unknown")
+    branch = _MKL_BRANCHES.get(get(_MKL_CBWR_BRANCH), "unknown")
+    return f"{branch},STRICT" if get(_MKL_CBWR_ALL) & _MKL_CBWR_STRICT else branch
 
 
 def cpu_flags() -> set[str]:

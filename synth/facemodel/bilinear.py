@@ -8,6 +8,7 @@ coefficients are the rows of the mode factors U_id (n_id, I) and U_ex (n_ex, E).
 Everything here is a pure function over tensors; `synth.facemodel.model.FaceModel` holds the buffers.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from synth.facemodel.tensor import FaceTensor
+from synth.facemodel.threads import single_thread
 
 # Singular values below this fraction of the largest one are numerical zeros (e.g. the symmetrised
 # identities are exact averages of an identity and its mirror, so they add no rank).
@@ -184,8 +186,18 @@ def bilinear_decode(
     n = outer.shape[0]
     pad = (-n) % block
     padded = torch.cat([outer, outer.new_zeros(pad, outer.shape[1])]) if pad else outer
-    x = torch.cat([gemm(rows) for rows in padded.split(block)])[:n]  # (B, 3N)
-    return x.unflatten(-1, (-1, 3))
+    blocks = padded.split(block)
+    workers = min(torch.get_num_threads(), len(blocks))
+    # Under synth's pinned MKL branch (synth.cpu) a multi-threaded GEMM rounds differently with another
+    # thread count (measured: 1 vs 2 threads), so each block's GEMM runs on one thread and the blocks run
+    # side by side on the caller's threads.
+    with single_thread():
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                parts = list(pool.map(gemm, blocks))
+        else:
+            parts = [gemm(rows) for rows in blocks]
+    return torch.cat(parts)[:n].unflatten(-1, (-1, 3))  # (B, N, 3)
 
 
 def _accumulate(a: Tensor, d: Tensor, ata: Tensor | None, atb: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -9,10 +9,9 @@ Densities are over the D PCA coordinates of w (an orthonormal projection): the p
 PCA subspace is ignored by `to_z` / `log_prob`, and `to_w` returns points of the subspace.
 """
 
-import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from synth.facemodel.config import FlowConfig
+from synth.facemodel.threads import single_thread
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +30,6 @@ log = logging.getLogger(__name__)
 # decoder's GEMM set-up (flows + decode of 256 samples: 44 ms vs 54 ms at 64 on 2 cores), at the price of
 # ~20 ms instead of ~13 ms for a single sample.
 BLOCK = 128
-
-
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """Run the block on one intra-op thread. The flows' matrices (a few hundred rows by a few hundred
-    columns at most) are far too small to share between threads: with 2 threads on a busy 2-core machine
-    a training step took 14x and sampling 256 latents 8x longer than with 1 (OpenMP synchronisation).
-    One thread also makes the flows' bytes independent of the caller's thread setting."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def fit_pca(w: Tensor, variance: float) -> tuple[Tensor, Tensor, Tensor]:

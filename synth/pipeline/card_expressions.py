@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from synth.atomic import atomic_write_bytes
 from synth.labels.expression_prior import ACTIVE, ExpressionPrior, ExpressionPriorConfig
 from synth.labels.expressions import load_catalogue
+from synth.records.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _cooccurrence(units: tuple[str, ...], active: np.ndarray) -> bytes:
     return _png(fig)
 
 
-def _examples(root: Path, table: Any, names: tuple[str, ...]) -> bytes | None:
+def _examples(root: Store, table: Any, names: tuple[str, ...]) -> bytes | None:
     """A row of shaded renders per prototype name (None when no sample has a shaded render)."""
     from PIL import Image
 
@@ -131,7 +132,7 @@ def _examples(root: Path, table: Any, names: tuple[str, ...]) -> bytes | None:
         for shard, key in rows:
             by_shard.setdefault(shard, set()).add(f"{key}.shaded.png")
     for shard, members in by_shard.items():
-        with tarfile.open(root / shard) as tar:
+        with tarfile.open(fileobj=io.BytesIO(root.read_bytes(shard))) as tar:
             for member in tar:
                 if member.name in members:
                     data = tar.extractfile(member).read()
@@ -156,26 +157,28 @@ def _examples(root: Path, table: Any, names: tuple[str, ...]) -> bytes | None:
     return _png(fig)
 
 
-def expression_section(root: Path, manifest: dict[str, Any], card_dir: str) -> list[str]:
-    """Write the four figures under `root/card_dir` and return the card's markdown lines."""
-    table = pq.read_table(root / "index", columns=["key", "shard", "expression", "au"])
+def expression_section(root: Store, manifest: dict[str, Any], card_dir: str) -> list[str]:
+    """Write the four figures under `root/card_dir` (a directory or URL) and return the card's markdown."""
+    columns = ["key", "shard", "expression", "au"]
+    parts = [io.BytesIO(root.read_bytes(s["index_part"])) for s in manifest["shards"]]
+    table = pa.concat_tables(pq.read_table(part, columns=columns) for part in parts)
     au_names = list(manifest["au_names"])
     au = np.asarray(table.column("au").to_pylist(), dtype=np.float32).reshape(len(table), len(au_names))
     prior = _prior(manifest, au_names)
-    columns = (au > ACTIVE).sum(axis=1)
+    per_sample = (au > ACTIVE).sum(axis=1)
     lines = ["## Expressions against the expression prior", ""]
     if prior is None:
-        atomic_write_bytes(root / card_dir / "aus_per_sample.png", _histogram(None, columns))
+        root.write_bytes(f"{card_dir}/aus_per_sample.png", _histogram(None, per_sample))
         return [*lines, "![AUs per sample](card/aus_per_sample.png)", ""]
     active = prior.unit_activity(au)
     summary = prior.summary(au)
-    atomic_write_bytes(root / card_dir / "aus_per_sample.png", _histogram(active.sum(axis=1), columns))
+    root.write_bytes(f"{card_dir}/aus_per_sample.png", _histogram(active.sum(axis=1), per_sample))
     rates = active.mean(axis=0)
-    atomic_write_bytes(root / card_dir / "base_rates.png", _base_rates(prior.units, rates, prior.targets))
-    atomic_write_bytes(root / card_dir / "cooccurrence.png", _cooccurrence(prior.units, active))
+    root.write_bytes(f"{card_dir}/base_rates.png", _base_rates(prior.units, rates, prior.targets))
+    root.write_bytes(f"{card_dir}/cooccurrence.png", _cooccurrence(prior.units, active))
     examples = _examples(root, table, prior.prototype_names)
     if examples is not None:
-        atomic_write_bytes(root / card_dir / "prototypes.png", examples)
+        root.write_bytes(f"{card_dir}/prototypes.png", examples)
     lines += [
         "Targets: `synth/labels/data/expression_prior.json` (base rates from DISFA and BP4D, prototypes from "
         "EMFACS and Baby FACS; see docs/expression-prior.md) with this run's `sampler.prior` overrides. "
