@@ -1,0 +1,1 @@
+"""Analyses of built models and sources (anthropometry)."""

@@ -1,0 +1,114 @@
+"""`synth anthropometry [model=...] [out=DIR] [ages_months=[0,3,6,12,24,36]] [n_per_group=20] ...`: measure
+infant heads against growth and caliper norms (docs/anthropometry.md).
+
+Writes into `out`: `anthropometry.json` (config, model id, every table), `anthropometry.md` (the norm table
+of the source's identities by age and sex, the prior population, the model samples against the source, and
+every landmark distance) and `head_circumference.png` (head circumference against age over the WHO median
+and +-2 SD per sex).
+"""
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from synth.analysis.anthropometry_config import AnthropometryConfig
+from synth.cli._hydra import run
+
+log = logging.getLogger(__name__)
+
+
+def _task(config: AnthropometryConfig, raw: DictConfig) -> int:
+    import numpy as np
+    import torch
+
+    from synth.analysis import anthropometry as an
+    from synth.atomic import atomic_write_bytes, atomic_write_text
+    from synth.errors import SynthError
+    from synth.facemodel.anny_source import sample_identities
+    from synth.facemodel.config import ModelSource
+    from synth.sources.anny_anthropometry import measure_identities, measure_meshes
+
+    if config.model.source is not ModelSource.anny and config.model.path is None:
+        raise SynthError(f"anthropometry: model.source={config.model.source.value}: needs the Anny source")
+    start = time.perf_counter()
+    out = Path(config.out)
+    norms = an.load_norms()
+    prior, n = config.model.anny, config.n_per_group
+
+    # 1. The source's identities at each age and sex (fresh identity indices for every group).
+    groups, pops = [], []
+    for g, (age, sex) in enumerate((a, s) for a in config.ages_months for s in an.SEXES):
+        params = sample_identities(prior, config.seed, n, start=g * n, age_months=age, sex=sex)
+        pops.append(measure_identities(params))
+        groups += [f"{age:g} m {sex}"] * n
+    source = an.concat_populations(pops)
+    groups = np.array(groups)
+    table = an.norm_table(source, norms, groups)
+    log.info("source measured: %d identities", len(groups))
+
+    # 2. The prior's own population (its age distribution), each identity against the norm at its age.
+    population = measure_identities(sample_identities(prior, config.seed + 1, config.n_samples))
+    population_rows = an.norm_table(population, norms, np.array(["prior ages"] * config.n_samples))
+
+    # 3. Samples of the built model (neutral expression) against the prior population.
+    model_id, sample_rows, figure_pops = None, [], {"source": source}
+    if config.samples:
+        from synth.facemodel.build import resolve_model
+        from synth.facemodel.model import FaceModel
+
+        model = FaceModel.load(resolve_model(config.model, progress=True))
+        model_id = model.model_id
+        w_id = model.sample(config.n_samples, config.seed)["w_id"]
+        with torch.no_grad():
+            meshes = model.decode(w_id, model.neutral_w_ex.expand(len(w_id), -1)).double().cpu().numpy()
+        unknown = np.full(len(meshes), np.nan)
+        samples = measure_meshes(meshes, unknown, np.array(["unknown"] * len(meshes)))
+        sample_rows = an.distribution_rows({"prior population": population, "model samples": samples})
+    result = {
+        "config": OmegaConf.to_container(raw, resolve=True),
+        "model_id": model_id,
+        "norms": norms.sources,
+        "source_by_age_sex": table,
+        "prior_population": population_rows,
+        "model_vs_prior": sample_rows,
+        "landmark_distances": an.pair_table(source, groups),
+        "seconds": time.perf_counter() - start,
+    }
+    atomic_write_bytes(out / "head_circumference.png", an.hc_figure(figure_pops, norms))
+    atomic_write_text(out / "anthropometry.md", _markdown(result))
+    atomic_write_text(out / "anthropometry.json", json.dumps(result, indent=1, default=str) + "\n")
+    sys.stdout.write(f"{out / 'anthropometry.json'}\n")
+    return 0
+
+
+def _markdown(result: dict) -> str:
+    from synth.analysis.anthropometry import distribution_markdown, markdown_table
+
+    parts = [
+        "# Anthropometry\n",
+        f"Norms: {result['norms']['head_circumference']} / {result['norms']['facial']}\n",
+        "## Source identities by age and sex\n",
+        markdown_table(result["source_by_age_sex"]),
+        "\n## The prior's population (its own ages)\n",
+        markdown_table(result["prior_population"]),
+    ]
+    if result["model_vs_prior"]:
+        parts += [
+            f"\n## Model {result['model_id']} samples vs the prior\n",
+            distribution_markdown(result["model_vs_prior"]),
+        ]
+    parts.append("\n## Every landmark distance (mean, SD mm) by group\n")
+    parts.append("| group | pair | mean mm | SD mm |\n|---|---|---|---|\n")
+    parts += [
+        f"| {r['group']} | {r['pair']} | {r['mean_mm']:.1f} | {r['sd_mm']:.1f} |\n"
+        for r in result["landmark_distances"]
+    ]
+    return "\n".join(parts)
+
+
+def main() -> int:
+    return run("anthropometry", _task)

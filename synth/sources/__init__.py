@@ -1,0 +1,1 @@
+"""Identity sources of the face model (calibration of the Anny infant prior)."""
