@@ -56,6 +56,7 @@ def _task(config: AnthropometryConfig, raw: DictConfig) -> int:
 
     # 3. Samples of the built model (neutral expression) against the prior population.
     model_id, sample_rows, figure_pops = None, [], {"source": source}
+    conditioned_rows, readout_error = [], None
     if config.samples:
         from synth.facemodel.build import resolve_model
         from synth.facemodel.model import FaceModel
@@ -68,6 +69,10 @@ def _task(config: AnthropometryConfig, raw: DictConfig) -> int:
         unknown = np.full(len(meshes), np.nan)
         samples = measure_meshes(meshes, unknown, np.array(["unknown"] * len(meshes)))
         sample_rows = an.distribution_rows({"prior population": population, "model samples": samples})
+        conditioned, readout_error = _conditioned_samples(model, config, groups)
+        if conditioned is not None:
+            conditioned_rows = an.norm_table(conditioned, norms, np.char.add("model ", groups))
+            figure_pops["model, sampler.age_months"] = conditioned
     result = {
         "config": OmegaConf.to_container(raw, resolve=True),
         "model_id": model_id,
@@ -75,6 +80,8 @@ def _task(config: AnthropometryConfig, raw: DictConfig) -> int:
         "source_by_age_sex": table,
         "prior_population": population_rows,
         "model_vs_prior": sample_rows,
+        "model_conditioned_by_age_sex": conditioned_rows,
+        "readout_held_out_rmse": readout_error,
         "landmark_distances": an.pair_table(source, groups),
         "seconds": time.perf_counter() - start,
     }
@@ -83,6 +90,37 @@ def _task(config: AnthropometryConfig, raw: DictConfig) -> int:
     atomic_write_text(out / "anthropometry.json", json.dumps(result, indent=1, default=str) + "\n")
     sys.stdout.write(f"{out / 'anthropometry.json'}\n")
     return 0
+
+
+def _conditioned_samples(model, config: AnthropometryConfig, groups) -> tuple:
+    """Neutral identities drawn by the generate sampler with `sampler.age_months=[a, a]` and `sampler.sex`
+    for each source group (same ages, sexes and sizes), measured; (Population, readout error) or
+    (None, None) for a model without age / sex labels."""
+    import numpy as np
+    import torch
+
+    from synth.analysis.anthropometry import SEXES, concat_populations
+    from synth.pipeline.config import SamplerConfig
+    from synth.pipeline.samplers import Sampler
+    from synth.pipeline.stages import latent_space
+    from synth.sources.anny_anthropometry import measure_meshes
+
+    space = latent_space(model)
+    if space.readout is None:
+        return None, None
+    pops, n = [], config.n_per_group
+    for g, (age, sex) in enumerate((a, s) for a in config.ages_months for s in SEXES):
+        sampler = Sampler(SamplerConfig(age_months=[age, age], sex=sex), config.seed, space)
+        plan = sampler.plan(np.arange(g * n, (g + 1) * n))
+        with torch.no_grad():
+            w_id = model.from_latent(torch.from_numpy(plan.z_id), torch.from_numpy(plan.z_ex))[0]
+            meshes = model.decode(w_id, model.neutral_w_ex.expand(n, -1)).double().cpu().numpy()
+        pops.append(measure_meshes(meshes, plan.age_months.astype(np.float64), np.array(plan.sex)))
+    error = space.readout.error
+    return concat_populations(pops), {
+        "age_months": float(error[0] * 12.0),
+        "female_indicator": float(error[1]),
+    }
 
 
 def _markdown(result: dict) -> str:
@@ -100,6 +138,14 @@ def _markdown(result: dict) -> str:
         parts += [
             f"\n## Model {result['model_id']} samples vs the prior\n",
             distribution_markdown(result["model_vs_prior"]),
+        ]
+    if result["model_conditioned_by_age_sex"]:
+        error = result["readout_held_out_rmse"]
+        parts += [
+            f"\n## Model {result['model_id']} samples drawn with sampler.age_months=[a, a], sampler.sex\n",
+            f"Age / sex readout of the identity latent, leave-one-identity-out RMSE: "
+            f"{error['age_months']:.2f} months, {error['female_indicator']:.2f} (female indicator).\n",
+            markdown_table(result["model_conditioned_by_age_sex"]),
         ]
     parts.append("\n## Every landmark distance (mean, SD mm) by group\n")
     parts.append("| group | pair | mean mm | SD mm |\n|---|---|---|---|\n")

@@ -23,6 +23,7 @@ expression, > 1 extrapolates along it (3DFaceCAM), 0 is neutral.
 """
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ _EX_STREAM = 1
 _END_ID_STREAM = 2  # interpolation: the second endpoint's identity
 _END_EX_STREAM = 3  # interpolation: the second endpoint's expression
 _AU_STREAM = 4  # au sampler: random AU choice and intensities
+_LABEL_STREAM = 5  # age / sex conditioning: the identity's target age and the readout noise
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class LatentSpace:
     expression_names: the model's catalogue expressions (index 0 is "neutral").
     au_names: the A action-unit names.
     expression_aus: (n_ex, A) nominal AU intensities of each catalogue expression.
+    readout: the age / sex readout of the identity latent (`synth.sources.conditioning.Readout`), or None
+        when the model has no labelled training identities.
     """
 
     dim_id: int
@@ -57,6 +61,7 @@ class LatentSpace:
     expression_names: tuple[str, ...]
     au_names: tuple[str, ...]
     expression_aus: np.ndarray
+    readout: Any = None
 
     def single_au_expressions(self) -> dict[str, int]:
         """AU name -> index of the catalogue expression that activates exactly that AU (and nothing else)."""
@@ -80,6 +85,9 @@ class LatentPlan:
     use_catalogue: (B,) bool: the expression is `expr_weights` over the catalogue, not `z_ex`.
     expr_weights: (B, n_ex) float32 catalogue mixture weights (zero rows where not `use_catalogue`).
     expression: B labels ("sampled", a catalogue name, "AU12:1.50+AU6:0.80", "interp:joint:0.250").
+    age_months: (B,) float32 the identity's age: the conditioning target, else the readout's estimate
+        (NaN without a readout); sex: B labels "female" / "male" (None without a readout);
+    label_estimated: (B,) bool: age / sex come from the readout, not from a conditioning target.
     """
 
     index: np.ndarray
@@ -90,6 +98,9 @@ class LatentPlan:
     use_catalogue: np.ndarray
     expr_weights: np.ndarray
     expression: list[str]
+    age_months: np.ndarray
+    sex: list[str | None]
+    label_estimated: np.ndarray
 
 
 class Sampler:
@@ -102,6 +113,12 @@ class Sampler:
         self._targets = self._resolve_targets() if cfg.kind is SamplerKind.au else {}
         self._expressions = [self._expression_index(n, "sampler.expressions") for n in cfg.expressions]
         self._au_pool = self._resolve_au_pool() if cfg.kind is SamplerKind.au and not cfg.targets else []
+        self._conditioned = cfg.age_months is not None or cfg.sex != "any"
+        if self._conditioned and space.readout is None:
+            raise SynthError(
+                "sampler.age_months / sampler.sex: the model has no age / sex labels of its training "
+                "identities (build it from the Anny source) to condition on"
+            )
 
     # ---- configuration checks against the model (front-loaded: called from __init__) ----
 
@@ -221,7 +238,40 @@ class Sampler:
                 t = s / (self.cfg.steps - 1)
                 z_id[row], z_ex[row] = self._interpolate(g, t)
                 labels.append(f"interp:{self.cfg.mode.value}:{t:.3f}")
-        return LatentPlan(indices, groups, steps, z_id, z_ex, use_cat, weights, labels)
+        age, sex, estimated = self._labels(groups, z_id)
+        return LatentPlan(indices, groups, steps, z_id, z_ex, use_cat, weights, labels, age, sex, estimated)
+
+    def _labels(self, groups: np.ndarray, z_id: np.ndarray) -> tuple[np.ndarray, list, np.ndarray]:
+        """Condition each row's identity latent (in place) on its group's age / sex target; return the
+        rows' (age_months (B,), sex (B,), estimated (B,)). Every row of a group gets the same target and
+        readout noise, so a group's identity stays one identity (the conditioning is affine in z)."""
+        b = len(groups)
+        readout = self.space.readout
+        if readout is None:
+            return np.full(b, np.nan, np.float32), [None] * b, np.ones(b, bool)
+        cfg = self.cfg
+        which = ([0] if cfg.age_months is not None else []) + ([1] if cfg.sex != "any" else [])
+        age = np.empty(b, np.float32)
+        for row, g in enumerate(groups.tolist()):
+            if not which:
+                break
+            rng = numpy_rng(self.seed, g, Stage.SAMPLER, _LABEL_STREAM)
+            target_age = rng.uniform(*cfg.age_months) if cfg.age_months is not None else 0.0
+            noise = rng.standard_normal(2)[: len(which)]
+            y = [v for k, v in ((0, target_age / 12.0), (1, float(cfg.sex == "female"))) if k in which]
+            z = readout.condition(
+                np.array([y]), z_id[row : row + 1].astype(np.float64), noise[None], tuple(which)
+            )
+            z_id[row] = z[0].astype(np.float32)
+            age[row] = target_age
+        predicted = readout.predict(z_id.astype(np.float64))  # (B, 2)
+        if cfg.age_months is None:
+            age = np.clip(predicted[:, 0] * 12.0, 0.0, None).astype(np.float32)
+        sex = (
+            [cfg.sex] * b if cfg.sex != "any" else ["female" if p >= 0.5 else "male" for p in predicted[:, 1]]
+        )
+        estimated = np.full(b, cfg.age_months is None or cfg.sex == "any")
+        return age, sex, estimated
 
     def _au_expression(self, index: int, weights: np.ndarray) -> str:
         """Fill `weights` (n_ex,) for sample `index` of the au sampler; return its label."""

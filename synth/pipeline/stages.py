@@ -31,6 +31,7 @@ from synth.facemodel.flows import BLOCK
 from synth.pipeline.config import GenerateConfig
 from synth.pipeline.plan import ShardUnit
 from synth.pipeline.samplers import LatentSpace, Sampler, assign_splits
+from synth.sources.conditioning import model_readout
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def latent_space(model: Any) -> LatentSpace:
         expression_names=tuple(model.expression_names),
         au_names=tuple(model.au_names),
         expression_aus=_numpy(model.expression_aus).astype(np.float32),
+        readout=model_readout(model),
     )
 
 
@@ -96,8 +98,23 @@ def landmark_definition(model: Any) -> Any:
     return _faces_landmarks(faces.tobytes(), faces.shape)
 
 
+def _head_topology(faces: np.ndarray) -> Any:
+    """The head-circumference surface of the model's topology, or None off the Anny head topology."""
+    from synth.sources.anny_anthropometry import head_topology_for
+
+    try:
+        return head_topology_for(faces)
+    except ValueError:
+        return None
+
+
 def _numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _finite(x: Any) -> float | None:
+    """A JSON number, or None for NaN (no such label)."""
+    return float(x) if np.isfinite(x) else None
 
 
 def _concat(parts: list[Batch]) -> Batch:
@@ -118,7 +135,9 @@ class GeometryStage:
     Adds: "z_id" (B, Zi), "z_ex" (B, Ze), "w_id" (B, I), "w_ex" (B, E) float32; "vertices" (B, N, 3)
     float32 metres; "au" (B, A) float32 in [0, 1]; "lmk3d" (B, L, 3) float32 metres (L = 0 without a
     landmark definition for the topology); "identity_id" (B,) int64; "step" (B,) int64; "split",
-    "expression": lists of B str.
+    "expression": lists of B str; "age_months" (B,) float32, "sex" B str or None, "label_estimated" (B,)
+    bool (see `LatentPlan`); "head_circumference_mm" (B,) float32: measured on the identity's neutral mesh
+    (NaN off the Anny head topology).
     """
 
     def __init__(self, model: Any, cfg: GenerateConfig):
@@ -128,6 +147,7 @@ class GeometryStage:
         self.landmarks = landmark_definition(model)
         self.faces = np.asarray(_numpy(model.faces), dtype=np.int64)
         self.au_labeller = au_labeller(model)
+        self.head = _head_topology(self.faces)
         self._cache: dict[int, Batch] = {}
 
     def __call__(self, batch: Batch) -> Batch:
@@ -186,7 +206,27 @@ class GeometryStage:
             "step": plan.step,
             "split": assign_splits(self.cfg.seed, plan.group, self.cfg.splits),
             "expression": list(plan.expression),
+            "age_months": plan.age_months,
+            "sex": list(plan.sex),
+            "label_estimated": plan.label_estimated,
+            "head_circumference_mm": self._head_circumference(w_id),
         }
+
+    def _head_circumference(self, w_id: torch.Tensor) -> np.ndarray:
+        """(B,) float32 head circumference (mm) of each row's identity in the neutral expression."""
+        b = len(w_id)
+        if self.head is None or self.landmarks is None:
+            return np.full(b, np.nan, np.float32)
+        from synth.analysis.anthropometry import head_circumference
+        from synth.facemodel.landmarks import landmarks
+
+        unique, inverse = np.unique(_numpy(w_id), axis=0, return_inverse=True)
+        w = torch.from_numpy(unique).to(w_id)
+        neutral = self.model.decode(w, self.model.neutral_w_ex.to(w).expand(len(w), -1))
+        meshes = _numpy(neutral).astype(np.float64)
+        nasion = landmarks(meshes, self.faces, self.landmarks)[:, self.landmarks.index("n")]
+        hc = np.array([head_circumference(m, self.head, n)[0] for m, n in zip(meshes, nasion, strict=True)])
+        return hc[np.ravel(inverse)].astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------- workers
@@ -270,6 +310,10 @@ class ShardWriter:
                 "seed": cfg.seed,
                 "sampler": cfg.sampler.kind.value,
                 "group_step": int(columns["step"][r]),
+                "age_months": _finite(columns["age_months"][r]),
+                "sex": columns["sex"][r],
+                "age_sex_estimated": bool(columns["label_estimated"][r]),
+                "head_circumference_mm": _finite(columns["head_circumference_mm"][r]),
                 "camera": {
                     "K": columns["K"][r].tolist(),
                     "R": columns["R"][r].tolist(),
