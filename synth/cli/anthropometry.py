@@ -116,11 +116,16 @@ def _conditioned_samples(model, config: AnthropometryConfig, groups) -> tuple:
             w_id = model.from_latent(torch.from_numpy(plan.z_id), torch.from_numpy(plan.z_ex))[0]
             meshes = model.decode(w_id, model.neutral_w_ex.expand(n, -1)).double().cpu().numpy()
         pops.append(measure_meshes(meshes, plan.age_months.astype(np.float64), np.array(plan.sex)))
+    # held-out error of the age label in months: the readout's error (feature units, dm of WHO median head
+    # circumference) over the feature's slope (dm per month) at each age
+    from synth.sources.conditioning import age_feature
+
+    ages = np.asarray(config.ages_months, dtype=np.float64)
+    low, high = np.maximum(ages - 0.5, 0.0), ages + 0.5
+    slope = (age_feature(high) - age_feature(low)) / (high - low)
     error = space.readout.error
-    return concat_populations(pops), {
-        "age_months": float(error[0] * 12.0),
-        "female_indicator": float(error[1]),
-    }
+    months = {f"{a:g}": float(error[0] / s) for a, s in zip(ages, slope, strict=True)}
+    return concat_populations(pops), {"age_months_at": months, "female_indicator": float(error[1])}
 
 
 def _markdown(result: dict) -> str:
@@ -143,8 +148,9 @@ def _markdown(result: dict) -> str:
         error = result["readout_held_out_rmse"]
         parts += [
             f"\n## Model {result['model_id']} samples drawn with sampler.age_months=[a, a], sampler.sex\n",
-            f"Age / sex readout of the identity latent, leave-one-identity-out RMSE: "
-            f"{error['age_months']:.2f} months, {error['female_indicator']:.2f} (female indicator).\n",
+            "Age / sex readout of the identity latent, leave-one-identity-out RMSE: age (months, at each "
+            f"age) {', '.join(f'{k} m: {v:.1f}' for k, v in error['age_months_at'].items())}; "
+            f"female indicator {error['female_indicator']:.2f}.\n",
             markdown_table(result["model_conditioned_by_age_sex"]),
         ]
     parts.append("\n## Every landmark distance (mean, SD mm) by group\n")

@@ -32,6 +32,7 @@ from synth.errors import SynthError
 from synth.facemodel.model import truncate
 from synth.pipeline.config import InterpolationMode, SamplerConfig, SamplerKind, SplitConfig
 from synth.seeding import Stage, numpy_rng, torch_generator
+from synth.sources.conditioning import age_feature, age_from_feature
 
 SPLITS = ("train", "val", "test")
 
@@ -258,7 +259,8 @@ class Sampler:
             rng = numpy_rng(self.seed, g, Stage.SAMPLER, _LABEL_STREAM)
             target_age = rng.uniform(*cfg.age_months) if cfg.age_months is not None else 0.0
             noise = rng.standard_normal(2)[: len(which)]
-            y = [v for k, v in ((0, target_age / 12.0), (1, float(cfg.sex == "female"))) if k in which]
+            feature = float(age_feature(np.array(target_age)))
+            y = [v for k, v in ((0, feature), (1, float(cfg.sex == "female"))) if k in which]
             z = readout.condition(
                 np.array([y]), z_id[row : row + 1].astype(np.float64), noise[None], tuple(which)
             )
@@ -266,7 +268,7 @@ class Sampler:
             age[row] = target_age
         predicted = readout.predict(z_id.astype(np.float64))  # (B, 2)
         if cfg.age_months is None:
-            age = np.clip(predicted[:, 0] * 12.0, 0.0, None).astype(np.float32)
+            age = age_from_feature(predicted[:, 0]).astype(np.float32)
         sex = (
             [cfg.sex] * b if cfg.sex != "any" else ["female" if p >= 0.5 else "male" for p in predicted[:, 1]]
         )

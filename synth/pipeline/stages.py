@@ -215,16 +215,19 @@ class GeometryStage:
     def _head_circumference(self, w_id: torch.Tensor) -> np.ndarray:
         """(B,) float32 head circumference (mm) of each row's identity in the neutral expression."""
         b = len(w_id)
-        if self.head is None or self.landmarks is None:
+        if self.head is None:
             return np.full(b, np.nan, np.float32)
         from synth.analysis.anthropometry import head_circumference
-        from synth.facemodel.landmarks import landmarks
+        from synth.facemodel.landmarks import landmarks, load_anny_head_landmarks
 
+        # The Anny head landmarks (vertex-true on this topology even where the definition's faces hash
+        # differs, see docs/anthropometry.md); only nasion is used.
+        definition = self.landmarks or load_anny_head_landmarks()
         unique, inverse = np.unique(_numpy(w_id), axis=0, return_inverse=True)
         w = torch.from_numpy(unique).to(w_id)
         neutral = self.model.decode(w, self.model.neutral_w_ex.to(w).expand(len(w), -1))
         meshes = _numpy(neutral).astype(np.float64)
-        nasion = landmarks(meshes, self.faces, self.landmarks)[:, self.landmarks.index("n")]
+        nasion = landmarks(meshes, self.faces, definition)[:, definition.index("n")]
         hc = np.array([head_circumference(m, self.head, n)[0] for m, n in zip(meshes, nasion, strict=True)])
         return hc[np.ravel(inverse)].astype(np.float32)
 

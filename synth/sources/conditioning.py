@@ -1,9 +1,10 @@
 """Age and sex conditioning in the identity flow's latent space (a linear-Gaussian readout, exact
 conditioning).
 
-The identity flow maps the training identities' codes to z ~ N(0, I_D). Their labels y = (age in years,
-female indicator) are read out linearly, y = B z + c + e with e ~ N(0, S) (ridge least squares over the
-training identities; S the residual covariance). Under that joint Gaussian, z given y* is
+The identity flow maps the training identities' codes to z ~ N(0, I_D). Their labels y = (age feature,
+female indicator), the age feature being the WHO median head circumference at that age (`age_feature`),
+are read out linearly, y = B z + c + e with e ~ N(0, S) (ridge least squares over the training
+identities; S the residual covariance). Under that joint Gaussian, z given y* is
 
     z | y* ~ N(K (y* - c), I - K B),    K = B^T (B B^T + S)^-1    (D x 2),
 
@@ -24,7 +25,8 @@ import numpy as np
 @dataclass(frozen=True)
 class Readout:
     """y = B z + c + e: weights (2, D), intercept (2,), residual covariance (2, 2) of e; label order
-    (age in years, female indicator); error: held-out RMSE of each label (leave-one-group-out)."""
+    (age feature, female indicator); error: held-out RMSE of each label (leave-one-group-out), in label
+    units."""
 
     weights: np.ndarray
     intercept: np.ndarray
@@ -43,7 +45,7 @@ class Readout:
         return z0 + (y - c - z0 @ b.T - noise) @ gain.T
 
     def predict(self, z: np.ndarray) -> np.ndarray:
-        """The readout's labels of latents z (n, D) -> (n, 2) (age in years, female indicator)."""
+        """The readout's labels of latents z (n, D) -> (n, 2) (age feature, female indicator)."""
         return z @ self.weights.T + self.intercept
 
 
@@ -72,15 +74,37 @@ def fit_readout(z: np.ndarray, y: np.ndarray, groups: np.ndarray, ridge: float =
     return Readout(b, c, cov, np.sqrt((residuals**2).mean(axis=0)))
 
 
+def age_feature(age_months: np.ndarray) -> np.ndarray:
+    """The readout's age label: the WHO median head circumference at that age (sexes averaged), in dm.
+    Head size grows fast after birth and slowly later; the identity latent is close to linear in head size,
+    not in age, so a linear readout of this monotone transform fits the ages at both ends (0 and 36
+    months) that a readout linear in age regresses towards the training mean. Ages past 36 months clamp."""
+    from synth.analysis.anthropometry import load_norms
+
+    norms = load_norms()
+    median = 0.5 * (norms.hc_mean["female"] + norms.hc_mean["male"]) / 100.0
+    return np.interp(np.asarray(age_months, dtype=np.float64), norms.hc_age_months, median)
+
+
+def age_from_feature(feature: np.ndarray) -> np.ndarray:
+    """Inverse of `age_feature` (months), clamped to the WHO table's 0-36 months."""
+    from synth.analysis.anthropometry import load_norms
+
+    norms = load_norms()
+    median = 0.5 * (norms.hc_mean["female"] + norms.hc_mean["male"]) / 100.0
+    return np.interp(np.asarray(feature, dtype=np.float64), median, norms.hc_age_months)
+
+
 def training_labels(identity_ids: list[str], identities: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Labels of a model's training identities from its Anny provenance.
 
     identity_ids: the tensor's ids ("anny-0007", "anny-0007-mirror", "anny-0007-sym"); identities: the
     provenance's per-base-identity summaries (`IdentityParams.summary`: age_months, gender, ...).
-    Returns (y (n, 2): age in years and female indicator (Anny gender >= 0.5), groups (n,) base index).
+    Returns (y (n, 2): `age_feature` of the age and female indicator (Anny gender >= 0.5), groups (n,) base
+    index).
     """
     groups = np.array([int(i.split("-")[1]) for i in identity_ids], dtype=np.int64)
-    age = np.array([identities[g]["age_months"] / 12.0 for g in groups])
+    age = age_feature(np.array([identities[g]["age_months"] for g in groups]))
     female = np.array([float(identities[g]["gender"] >= 0.5) for g in groups])
     return np.stack([age, female], axis=1), groups
 
