@@ -238,11 +238,10 @@ def dataset_keypoint_experiment(
     if wrong:
         raise SynthError(f"data: samples were made by face model(s) {wrong}, not {face_model.model_id}")
     definition = load_anny_head_landmarks()
-    faces = face_model.faces.numpy()
-    definition.check_topology(faces)
+    definition.check_topology(face_model.faces.numpy(), face_model.n_vertices)
 
     def lmk(v: Tensor) -> Tensor:
-        return landmarks(v, faces, definition)
+        return landmarks(v, definition)
 
     fm = fit_model_from_face_model(face_model)
     n = len(data)

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diffusion": ("synth.cli.diffusion", "diffusion utilities (make-tiny DIR)"),
     "fit": ("synth.cli.fit", "fit / neutralise meshes (Hydra overrides)"),
     "analyze": ("synth.cli.analyze", "latent analyses of a face model (Hydra overrides)"),
+    "anthropometry": ("synth.cli.anthropometry", "infant heads against growth norms (Hydra overrides)"),
     "transfer": ("synth.cli.transfer", "expression transfer validation"),
     "au": ("synth.cli.au", "AU detector training and evaluation"),
     "bench": ("synth.cli.bench", "run a benchmark of the source checkout (benchmarks/)"),

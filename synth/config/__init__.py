@@ -14,6 +14,7 @@ def register_configs() -> None:
     global _registered
     if _registered:
         return
+    from synth.analysis.anthropometry_config import AnthropometryConfig
     from synth.build.config import BuildModelConfig
     from synth.fitting.config import AnalyzeConfig, FitConfig
     from synth.pipeline.config import GenerateConfig
@@ -23,4 +24,5 @@ def register_configs() -> None:
     cs.store(name="generate_schema", node=GenerateConfig)
     cs.store(name="fit_schema", node=FitConfig)
     cs.store(name="analyze_schema", node=AnalyzeConfig)
+    cs.store(name="anthropometry_schema", node=AnthropometryConfig)
     _registered = True

@@ -75,6 +75,10 @@ class SamplerConfig:
         and the expression moves linearly in AU space.
     prior: the expression prior's knobs (used by kind prior, and by identity_sets / interpolation with
         `expressions_from=prior`).
+    age_months: None, or [low, high]: every identity's age is drawn uniformly in [low, high] months and its
+        identity latent conditioned on it (all kinds; `synth.sources.conditioning`); needs a model built
+        from the Anny source (its training identities' ages).
+    sex: "female", "male" or "any": condition every identity's latent on this sex ("any": no condition).
     """
 
     kind: SamplerKind = SamplerKind.prior
@@ -92,8 +96,18 @@ class SamplerConfig:
     mode: InterpolationMode = InterpolationMode.joint
     expressions_from: ExpressionSource = ExpressionSource.prior
     prior: ExpressionPriorConfig = field(default_factory=ExpressionPriorConfig)
+    age_months: list[float] | None = None
+    sex: str = "any"
 
     def __post_init__(self) -> None:
+        if self.age_months is not None:
+            self.age_months = [float(a) for a in self.age_months]
+            if len(self.age_months) != 2 or not 0.0 <= self.age_months[0] <= self.age_months[1] <= 72.0:
+                raise ValueError(
+                    f"sampler.age_months={self.age_months} must be [low, high] months, 0 <= low <= high <= 72"
+                )
+        if self.sex not in ("female", "male", "any"):
+            raise ValueError(f"sampler.sex={self.sex!r} must be female, male or any")
         if not 0.0 < self.temperature <= 10.0:
             raise ValueError(f"sampler.temperature={self.temperature} must be in (0, 10]")
         if not 0.0 <= self.intensity <= 5.0:

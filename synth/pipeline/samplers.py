@@ -31,6 +31,7 @@ the group for interpolation endpoints).
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from synth.facemodel.model import truncate
 from synth.labels.expression_prior import ExpressionPrior, expression_prior
 from synth.pipeline.config import ExpressionSource, InterpolationMode, SamplerConfig, SamplerKind, SplitConfig
 from synth.seeding import Stage, numpy_rng, torch_generator
+from synth.sources.conditioning import age_feature, age_from_feature
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ _AU_STREAM = 4  # au sampler: random AU choice and intensities
 _PRIOR_STREAM = 5  # expression prior draws (prior kind, identity_sets, first interpolation endpoint)
 _END_PRIOR_STREAM = 6  # interpolation: the second endpoint's expression prior draw
 _KIND_OFFSET_STREAM = 100  # + the prior stream: the run's offset of the golden-ratio kind sequence
+_LABEL_STREAM = 7  # age / sex conditioning: the identity's target age and the readout noise
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class LatentSpace:
     expression_names: the model's catalogue expressions (index 0 is "neutral").
     au_names: the A action-unit names.
     expression_aus: (n_ex, A) nominal AU intensities of each catalogue expression.
+    readout: the age / sex readout of the identity latent (`synth.sources.conditioning.Readout`), or None
+        when the model has no labelled training identities.
     """
 
     dim_id: int
@@ -71,6 +76,7 @@ class LatentSpace:
     expression_names: tuple[str, ...]
     au_names: tuple[str, ...]
     expression_aus: np.ndarray
+    readout: Any = None
 
     def single_au_expressions(self) -> dict[str, int]:
         """AU name -> index of the catalogue expression that activates exactly that AU (and nothing else)."""
@@ -97,6 +103,9 @@ class LatentPlan:
         prior prototype "smile", or the prior's sparse units "AU12+AU25").
     use_aus: (B,) bool: the expression is the AU vector `aus` (over the single-AU expressions).
     aus: (B, A) float32 AU vectors (zero rows where not `use_aus`); the sample's exact AU label.
+    age_months: (B,) float32 the identity's age: the conditioning target, else the readout's estimate
+        (NaN without a readout); sex: B labels "female" / "male" (None without a readout);
+    label_estimated: (B,) bool: age / sex come from the readout, not from a conditioning target.
     """
 
     index: np.ndarray
@@ -109,6 +118,9 @@ class LatentPlan:
     expression: list[str]
     use_aus: np.ndarray
     aus: np.ndarray
+    age_months: np.ndarray
+    sex: list[str | None]
+    label_estimated: np.ndarray
 
 
 class Sampler:
@@ -126,6 +138,13 @@ class Sampler:
             stream: float(numpy_rng(seed, 0, Stage.SAMPLER, _KIND_OFFSET_STREAM + stream).random())
             for stream in (_PRIOR_STREAM, _END_PRIOR_STREAM)
         }
+
+        self._conditioned = cfg.age_months is not None or cfg.sex != "any"
+        if self._conditioned and space.readout is None:
+            raise SynthError(
+                "sampler.age_months / sampler.sex: the model has no age / sex labels of its training "
+                "identities (build it from the Anny source) to condition on"
+            )
 
     def _uses_prior(self) -> bool:
         kind, cfg = self.cfg.kind, self.cfg
@@ -287,7 +306,10 @@ class Sampler:
                     use_aus[row] = True
                     aus[row] = self._interpolate_aus(g, t)
                 labels.append(f"interp:{self.cfg.mode.value}:{t:.3f}")
-        return LatentPlan(indices, groups, steps, z_id, z_ex, use_cat, weights, labels, use_aus, aus)
+        age, sex, estimated = self._labels(groups, z_id)
+        return LatentPlan(
+            indices, groups, steps, z_id, z_ex, use_cat, weights, labels, use_aus, aus, age, sex, estimated
+        )
 
     def _prior_draw(self, key: int, stream: int = _PRIOR_STREAM) -> tuple[np.ndarray, str]:
         """One AU vector (A,) float32 of the expression prior and its label, from the stream of `key`; the
@@ -338,6 +360,39 @@ class Sampler:
             aus[columns[c]] = v
             parts.append(f"{names[c]}:{v:.2f}")
         return "+".join(parts)
+
+    def _labels(self, groups: np.ndarray, z_id: np.ndarray) -> tuple[np.ndarray, list, np.ndarray]:
+        """Condition each row's identity latent (in place) on its group's age / sex target; return the
+        rows' (age_months (B,), sex (B,), estimated (B,)). Every row of a group gets the same target and
+        readout noise, so a group's identity stays one identity (the conditioning is affine in z)."""
+        b = len(groups)
+        readout = self.space.readout
+        if readout is None:
+            return np.full(b, np.nan, np.float32), [None] * b, np.ones(b, bool)
+        cfg = self.cfg
+        which = ([0] if cfg.age_months is not None else []) + ([1] if cfg.sex != "any" else [])
+        age = np.empty(b, np.float32)
+        for row, g in enumerate(groups.tolist()):
+            if not which:
+                break
+            rng = numpy_rng(self.seed, g, Stage.SAMPLER, _LABEL_STREAM)
+            target_age = rng.uniform(*cfg.age_months) if cfg.age_months is not None else 0.0
+            noise = rng.standard_normal(2)[: len(which)]
+            feature = float(age_feature(np.array(target_age)))
+            y = [v for k, v in ((0, feature), (1, float(cfg.sex == "female"))) if k in which]
+            z = readout.condition(
+                np.array([y]), z_id[row : row + 1].astype(np.float64), noise[None], tuple(which)
+            )
+            z_id[row] = z[0].astype(np.float32)
+            age[row] = target_age
+        predicted = readout.predict(z_id.astype(np.float64))  # (B, 2)
+        if cfg.age_months is None:
+            age = age_from_feature(predicted[:, 0]).astype(np.float32)
+        sex = (
+            [cfg.sex] * b if cfg.sex != "any" else ["female" if p >= 0.5 else "male" for p in predicted[:, 1]]
+        )
+        estimated = np.full(b, cfg.age_months is None or cfg.sex == "any")
+        return age, sex, estimated
 
     def _au_expression(self, index: int, weights: np.ndarray) -> str:
         """Fill `weights` (n_ex,) for sample `index` of the au sampler; return its label."""

@@ -33,6 +33,7 @@ from synth.labels.au_labels import au_labeller, single_au_deltas
 from synth.pipeline.config import GenerateConfig
 from synth.pipeline.plan import ShardUnit
 from synth.pipeline.samplers import LatentSpace, Sampler, assign_splits
+from synth.sources.conditioning import model_readout
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def latent_space(model: Any) -> LatentSpace:
         expression_names=tuple(model.expression_names),
         au_names=tuple(model.au_names),
         expression_aus=_numpy(model.expression_aus).astype(np.float32),
+        readout=model_readout(model),
     )
 
 
@@ -134,8 +136,23 @@ def landmark_definition(model: Any) -> Any:
     return _faces_landmarks(faces.tobytes(), faces.shape, int(model.n_vertices))
 
 
+def _head_topology(faces: np.ndarray) -> Any:
+    """The head-circumference surface of the model's topology, or None off the Anny head topology."""
+    from synth.sources.anny_anthropometry import head_topology_for
+
+    try:
+        return head_topology_for(faces)
+    except ValueError:
+        return None
+
+
 def _numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _finite(x: Any) -> float | None:
+    """A JSON number, or None for NaN (no such label)."""
+    return float(x) if np.isfinite(x) else None
 
 
 def _concat(parts: list[Batch]) -> Batch:
@@ -159,7 +176,10 @@ class GeometryStage:
     "expression": lists of B str; "au_nnls" (B, A) float32 in [0, 1] the NNLS estimate from the mesh,
     "au_nnls_residual" (B,) float32 its relative residual, "au_source" B str ("generating": "au" is the
     AU vector that made the sample, "generating_clipped": that vector clipped to [0, 1], "nnls": "au" is
-    the estimate), "log_prob_ex" (B,) float32 log p(w_ex) under the expression flow.
+    the estimate), "log_prob_ex" (B,) float32 log p(w_ex) under the expression flow;
+    "age_months" (B,) float32, "sex" B str or None, "label_estimated" (B,)
+    bool (see `LatentPlan`); "head_circumference_mm" (B,) float32: measured on the identity's neutral mesh
+    (NaN off the Anny head topology).
     """
 
     def __init__(self, model: Any, cfg: GenerateConfig):
@@ -170,6 +190,7 @@ class GeometryStage:
         self.faces = np.asarray(_numpy(model.faces), dtype=np.int64)
         self.au_labeller = au_labeller(model)
         self.au_deltas = single_au_deltas(model)[0]  # (A, E) float64: one unit of each AU in w_ex
+        self.head = _head_topology(self.faces)
         self._cache: dict[int, Batch] = {}
 
     def __call__(self, batch: Batch) -> Batch:
@@ -244,7 +265,28 @@ class GeometryStage:
             "step": plan.step,
             "split": assign_splits(self.cfg.seed, plan.group, self.cfg.splits),
             "expression": list(plan.expression),
+            "age_months": plan.age_months,
+            "sex": list(plan.sex),
+            "label_estimated": plan.label_estimated,
+            "head_circumference_mm": self._head_circumference(w_id),
         }
+
+    def _head_circumference(self, w_id: torch.Tensor) -> np.ndarray:
+        """(B,) float32 head circumference (mm) of each row's identity in the neutral expression."""
+        b = len(w_id)
+        definition = self.landmarks  # the Anny head's (only nasion is used)
+        if self.head is None or definition is None:
+            return np.full(b, np.nan, np.float32)
+        from synth.labels.anthropometry import head_circumference
+        from synth.labels.landmarks import landmarks
+
+        unique, inverse = np.unique(_numpy(w_id), axis=0, return_inverse=True)
+        w = torch.from_numpy(unique).to(w_id)
+        neutral = self.model.decode(w, self.model.neutral_w_ex.to(w).expand(len(w), -1))
+        meshes = _numpy(neutral).astype(np.float64)
+        nasion = landmarks(meshes, definition)[:, definition.index("n")]
+        hc = np.array([head_circumference(m, self.head, n)[0] for m, n in zip(meshes, nasion, strict=True)])
+        return hc[np.ravel(inverse)].astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------- workers
@@ -335,6 +377,10 @@ class ShardWriter:
                 "au_source": columns["au_source"][r],
                 "au_nnls_residual": float(columns["au_nnls_residual"][r]),
                 "log_prob_ex": float(columns["log_prob_ex"][r]),
+                "age_months": _finite(columns["age_months"][r]),
+                "sex": columns["sex"][r],
+                "age_sex_estimated": bool(columns["label_estimated"][r]),
+                "head_circumference_mm": _finite(columns["head_circumference_mm"][r]),
                 "camera": {
                     "K": columns["K"][r].tolist(),
                     "R": columns["R"][r].tolist(),

@@ -270,6 +270,28 @@ META_FIELDS: dict[str, tuple[bool, dict[str, Any], str]] = {
         {"type": "object", "additionalProperties": {"type": "number"}},
         "phenotype parameters of the identity (e.g. Anny age, gender, weight; model-specific)",
     ),
+    "age_months": (
+        False,
+        {"type": ["number", "null"], "minimum": 0},
+        "the identity's age in months: the sampler's conditioning target, else estimated from the identity "
+        "latent (age_sex_estimated; error in docs/anthropometry.md); null without a labelled model",
+    ),
+    "sex": (
+        False,
+        {"enum": ["female", "male", None]},
+        "the identity's sex (target or estimate, as age_months)",
+    ),
+    "age_sex_estimated": (
+        False,
+        {"type": "boolean"},
+        "age_months / sex are estimates, not conditioning targets",
+    ),
+    "head_circumference_mm": (
+        False,
+        {"type": ["number", "null"], "minimum": 0},
+        "occipitofrontal head circumference of the identity's neutral mesh in mm (docs/anthropometry.md); "
+        "null off the Anny head topology",
+    ),
     "quality": (
         True,
         {
@@ -408,6 +430,9 @@ INDEX_COLUMNS: tuple[Column, ...] = (
         False,
         "phenotype parameters as (name, value) pairs",
     ),
+    Column("age_months", pa.float32(), True, "identity age in months (target or estimate, see meta.json)"),
+    Column("sex", pa.string(), True, "identity sex: female / male (target or estimate)"),
+    Column("head_circumference_mm", pa.float32(), True, "identity's neutral head circumference, mm"),
     Column("mask_fraction", pa.float32(), True, "foreground fraction of the image (null without mask)"),
     Column("visible_landmarks", pa.float32(), True, "fraction of visible landmarks (null without lmk2d)"),
     Column("depth_clipped", pa.bool_(), False, "depth beyond 65.535 m was clipped"),

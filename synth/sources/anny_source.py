@@ -58,6 +58,7 @@ from synth.facemodel.tensor import FaceTensor
 from synth.facemodel.topology import connectivity_hash
 from synth.labels.expressions import Catalogue, load_catalogue
 from synth.seeding import Stage, numpy_rng
+from synth.sources.anny_calibration import CALIBRATIONS, load_calibration, sex_of
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,9 @@ class AnnyPriorConfig:
         displacements (jawOpen drops the chin 39 mm), which is a quarter of an infant's head height.
         `head_size` (default) scales each identity's action displacements by its head size relative to
         the base mesh (RMS radius of the stable cranium region; ~0.6 for infants); `none` keeps them.
+    calibration: the anthropometric calibration applied on top of the local changes (age- and sex-dependent
+        offsets and spreads fitted to WHO head circumference and facial caliper norms; see
+        `synth.sources.anny_calibration` and docs/anthropometry.md); None = Anny's own infants.
     """
 
     age_months_range: tuple[float, float] = (0.0, 36.0)
@@ -122,8 +126,11 @@ class AnnyPriorConfig:
     local_change_max_std: float = 0.5
     local_change_asymmetry: float = 0.2
     expression_scaling: ExpressionScaling = ExpressionScaling.head_size
+    calibration: str | None = "infant_v1"
 
     def __post_init__(self) -> None:
+        if self.calibration is not None and self.calibration not in CALIBRATIONS:
+            raise ValueError(f"prior.calibration={self.calibration!r}: allowed {list(CALIBRATIONS)} or null")
         # Hydra hands sequences over as lists: keep tuples so the config stays hashable and comparable.
         for name in _RANGE_FIELDS:
             setattr(self, name, tuple(float(x) for x in getattr(self, name)))
@@ -498,8 +505,17 @@ def _local_change_std(prior: AnnyPriorConfig, labels: tuple[str, ...], peak_mm: 
 # --- the prior ---------------------------------------------------------------------------------------
 
 
-def sample_identity(prior: AnnyPriorConfig, rng: np.random.Generator) -> IdentityParams:
-    """Draw one infant identity from the prior with an explicit generator; returns a batch of 1."""
+def sample_identity(
+    prior: AnnyPriorConfig,
+    rng: np.random.Generator,
+    age_months: float | None = None,
+    sex: str | None = None,
+) -> IdentityParams:
+    """Draw one infant identity from the prior with an explicit generator; returns a batch of 1.
+
+    age_months / sex ("female" | "male"): pin the identity's age / sex (gender drawn uniformly in that half
+    of Anny's gender axis) instead of drawing them; the generator is consumed identically either way.
+    """
     model = anny_head_model()
     topo = anny_topology()
     labels = tuple(model.phenotype_labels)
@@ -508,11 +524,15 @@ def sample_identity(prior: AnnyPriorConfig, rng: np.random.Generator) -> Identit
     lo, hi = prior.age_months_range
     shape, scale = prior._age_gamma()
     u = rng.uniform(gamma_dist.cdf(lo, shape, scale=scale), gamma_dist.cdf(hi, shape, scale=scale))
-    age_months = float(np.clip(gamma_dist.ppf(u, shape, scale=scale), lo, hi))
+    drawn_age = float(np.clip(gamma_dist.ppf(u, shape, scale=scale), lo, hi))
+    age_months = drawn_age if age_months is None else float(age_months)
 
     pheno = np.full(len(labels), 0.5)  # height, proportions, cupsize, firmness: neutral, no effect on heads
     pheno[labels.index("age")] = years_to_anny_age(np.array(age_months / 12.0))
-    pheno[labels.index("gender")] = rng.uniform(*prior.gender_range)
+    if sex not in (None, "female", "male"):
+        raise ValueError(f"sex={sex!r}: need 'female', 'male' or None")
+    gender_range = {None: prior.gender_range, "male": (0.0, 0.5), "female": (0.5, 1.0)}[sex]
+    pheno[labels.index("gender")] = rng.uniform(*gender_range)
     pheno[labels.index("weight")] = rng.uniform(*prior.weight_range)
     pheno[labels.index("muscle")] = rng.uniform(*prior.muscle_range)
     mix = rng.dirichlet(prior.ethnic_concentration)
@@ -535,15 +555,31 @@ def sample_identity(prior: AnnyPriorConfig, rng: np.random.Generator) -> Identit
     z = np.where(paired, math.sqrt(1 - a) * common + math.sqrt(a) * side, common)
     z = np.where(lateral, math.sqrt(a) * side, z)
     local = np.clip(z * std, -1.0, 1.0)
+    if prior.calibration is not None:
+        calibration = load_calibration(prior.calibration)
+        extra = rng.standard_normal(len(calibration.controls))  # drawn last: earlier draws unchanged
+        identity_sex = str(sex_of(pheno[labels.index("gender")]))
+        local = calibration.adjust(z * std, lc_labels, age_months, identity_sex, extra)
     return IdentityParams(
         np.array([age_months]), pheno[None], local[None], labels, lc_labels, prior.expression_scaling
     )
 
 
-def sample_identities(prior: AnnyPriorConfig, seed: int, n: int, start: int = 0) -> IdentityParams:
+def sample_identities(
+    prior: AnnyPriorConfig,
+    seed: int,
+    n: int,
+    start: int = 0,
+    age_months: float | None = None,
+    sex: str | None = None,
+) -> IdentityParams:
     """Identities start .. start+n-1 of the stream `seed`: identity i uses numpy_rng(seed, i, BUILD), so a
-    prefix does not depend on n and fresh indices (>= n) give held-out identities."""
-    draws = [sample_identity(prior, numpy_rng(seed, i, Stage.BUILD)) for i in range(start, start + n)]
+    prefix does not depend on n and fresh indices (>= n) give held-out identities. age_months / sex pin
+    every identity's age / sex (see `sample_identity`)."""
+    draws = [
+        sample_identity(prior, numpy_rng(seed, i, Stage.BUILD), age_months, sex)
+        for i in range(start, start + n)
+    ]
     first = draws[0]
     return IdentityParams(
         np.concatenate([d.age_months for d in draws]),
