@@ -25,10 +25,10 @@ def _task(config: AnthropometryConfig, raw: DictConfig) -> int:
     import numpy as np
     import torch
 
-    from synth.analysis import anthropometry as an
     from synth.atomic import atomic_write_bytes, atomic_write_text
     from synth.build.config import ModelSource
     from synth.errors import SynthError
+    from synth.labels import anthropometry as an
     from synth.sources.anny_anthropometry import measure_identities, measure_meshes
     from synth.sources.anny_source import sample_identities
 

@@ -133,18 +133,17 @@ class Sampler:
         self._targets = self._resolve_targets() if cfg.kind is SamplerKind.au else {}
         self._expressions = [self._expression_index(n, "sampler.expressions") for n in cfg.expressions]
         self._au_pool = self._resolve_au_pool() if cfg.kind is SamplerKind.au and not cfg.targets else []
-        self.prior = self._resolve_prior()
-        self._kind_offset = {
-            stream: float(numpy_rng(seed, 0, Stage.SAMPLER, _KIND_OFFSET_STREAM + stream).random())
-            for stream in (_PRIOR_STREAM, _END_PRIOR_STREAM)
-        }
-
         self._conditioned = cfg.age_months is not None or cfg.sex != "any"
         if self._conditioned and space.readout is None:
             raise SynthError(
                 "sampler.age_months / sampler.sex: the model has no age / sex labels of its training "
                 "identities (build it from the Anny source) to condition on"
             )
+        self.prior = self._resolve_prior()
+        self._kind_offset = {
+            stream: float(numpy_rng(seed, 0, Stage.SAMPLER, _KIND_OFFSET_STREAM + stream).random())
+            for stream in (_PRIOR_STREAM, _END_PRIOR_STREAM)
+        }
 
     def _uses_prior(self) -> bool:
         kind, cfg = self.cfg.kind, self.cfg

@@ -6,7 +6,7 @@ import pytest
 import trimesh
 from scipy.special import ellipe
 
-from synth.analysis import anthropometry as an
+from synth.labels import anthropometry as an
 
 
 def _ellipsoid(a: float, b: float, c: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ import pytest
 
 from synth.cli._hydra import compose_config
 from synth.errors import SynthError
-from synth.pipeline.config import SamplerConfig, SamplerKind
+from synth.pipeline.config import ExpressionSource, SamplerConfig, SamplerKind
 from synth.pipeline.run import generate
 from synth.pipeline.samplers import LatentSpace, Sampler
 from synth.sources.conditioning import age_from_feature, fit_readout
@@ -33,7 +33,11 @@ def _readout():
 
 def test_conditioned_identities_carry_their_targets_and_groups_share_them() -> None:
     cfg = SamplerConfig(
-        kind=SamplerKind.identity_sets, expressions_per_identity=2, age_months=[11, 13], sex="male"
+        kind=SamplerKind.identity_sets,
+        expressions_per_identity=2,
+        age_months=[11, 13],
+        sex="male",
+        expressions_from=ExpressionSource.flow,  # the test's model has no single-AU expressions
     )
     plan = Sampler(cfg, 5, _space(_readout())).plan(np.arange(30))
     assert np.all((plan.age_months >= 11) & (plan.age_months <= 13)) and set(plan.sex) == {"male"}
