@@ -12,8 +12,8 @@ PyTorch picks its kernels by the CPU it runs on, and each rounds differently:
 - `MKL_CBWR=COMPATIBLE,STRICT`: MKL's conditional numerical reproducibility on its SSE2 branch, the one
   branch MKL runs on every x86-64 CPU, Intel or not (its AVX2 branch is Intel-only: elsewhere MKL silently
   falls back to the AUTO branch, measured on AMD EPYC). With it the results no longer depend on alignment
-  or batch position either; STRICT makes them independent of the thread count too (without it the
-  decoder's GEMM changed with 1 vs 2 threads, measured).
+  or batch position either. They still change with the thread count (the decoder's GEMM with 1 vs 2
+  threads, measured, STRICT or not), so the model's GEMMs run one thread each (`synth.facemodel.threads`).
 - `ATEN_CPU_CAPABILITY=avx2`: ATen's AVX2 kernels on AVX2 and AVX-512 machines alike.
 - `NPY_DISABLE_CPU_FEATURES`: NumPy's AVX-512 dispatch targets off (NumPy reads it when imported).
 - Warp's CPU kernels for its generic x86-64 target instead of the host (see `synth.quiet_warp`).
