@@ -53,6 +53,7 @@ def make_sample(index: int, size: int) -> dict:
         "mesh": rng.normal(0, 0.05, (N_VERTS, 3)).astype(np.float32),
         "latents": {k: rng.normal(size=d).astype(np.float32) for k, d in LATENT_DIMS.items()},
         "au": rng.uniform(0, 1, 46).astype(np.float32),
+        "au_nnls": np.linspace(0, 1, 46, dtype=np.float32),  # no rng draw: the other members unchanged
         "lmk2d": np.concatenate([rng.uniform(0, size, (23, 2)), np.ones((23, 1))], 1).astype(np.float32),
         "lmk3d": rng.normal(0, 0.05, (23, 3)).astype(np.float32),
         "depth": depth,

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_records import KEYS, make_sample  # the same synthetic samples as the local bench
+from bench_records import KEYS, make_sample, time_loader  # the same samples and timing as the local bench
 
 from synth.hardware import cpu_model
 from synth.records import codecs, load_webdataset
@@ -86,14 +86,6 @@ class LooseObjects(Dataset):
             "depth": torch.from_numpy(codecs.decode_depth(blobs["depth.png"])),
             "rgb": torch.from_numpy(codecs.jpeg_to_rgb(blobs["rgb.jpg"])[None]),
         }
-
-
-def time_loader(dataset: Dataset, workers: int, expected: int) -> float:
-    t = time.perf_counter()
-    n = sum(1 for _ in DataLoader(dataset, batch_size=None, num_workers=workers))
-    seconds = time.perf_counter() - t
-    assert n == expected, (n, expected)
-    return seconds
 
 
 def main() -> None:
