@@ -151,16 +151,28 @@ def _alive(pid: int) -> bool:
 
 
 def build_face_model(config: ModelConfig, progress: bool = True) -> tuple[FaceModel, FaceTensor | None]:
-    """The recipe: (1) tensor from the source, then `model_from_tensor`. Returns the model with the
-    held-out identities for the report (None when there are none)."""
+    """The recipe: (1) tensor from the source, then `model_from_tensor` (2-4), then (5) for Anny sources the
+    identity conditional. Returns the model with the held-out identities for the report (None when there
+    are none)."""
     start = time.perf_counter()
     # 1. the identity x expression tensor (3 x n_identities with mirrored and symmetrised variants)
     tensor = source_tensor(config, progress)
     tensor_s = time.perf_counter() - start
     model = model_from_tensor(tensor, config, progress)
     model.info["timings_s"] = {"tensor": tensor_s, **model.info["timings_s"]}
+    anny = config.source in (ModelSource.anny, ModelSource.anny_transfer)
+    if anny and config.conditioning_identities > 0:
+        # 5. the identity distribution given age and sex, from fresh identities of the same source
+        from synth.sources.conditioning import fit_identity_conditional
+
+        t = time.perf_counter()
+        seed = int(seed_sequence(config.seed, 2, Stage.BUILD).generate_state(1)[0])
+        model.identity_conditional = fit_identity_conditional(
+            model, config.anny, config.conditioning_identities, seed
+        )
+        model.info["timings_s"]["conditional"] = time.perf_counter() - t
     held_out = None
-    if config.report_held_out > 0 and config.source in (ModelSource.anny, ModelSource.anny_transfer):
+    if config.report_held_out > 0 and anny:
         held_out = held_out_tensor(config, progress)
     return model, held_out
 
@@ -266,6 +278,7 @@ def _anny_prior(config: ModelConfig, n_identities: int) -> "AnnySourceConfig":
 
     return AnnySourceConfig(
         n_identities=n_identities,
+        ages=config.training_ages,
         expressions=list(config.expressions) or None,
         delta=config.intensity,
         variants=True,

@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 from synth.facemodel.config import MODEL_FORMAT_VERSION, FlowConfig, check_range
-from synth.sources.anny_source import AnnyPriorConfig
+from synth.sources.anny_source import AGE_CHOICES, AnnyPriorConfig
 from synth.sources.transfer_config import TransferConfig
 
 
@@ -36,6 +36,9 @@ class ModelConfig:
         keep (empty = all 76; "neutral" is always kept); intensity: the expression intensity delta.
     transfer: with source `anny_transfer`, how the expressions are transferred from adult heads.
     variance_id, variance_ex: fraction of each mode's energy the truncated HOSVD keeps (1 = full rank).
+    conditioning_identities: fresh source identities per age anchor and sex from which the build fits the
+        identity distribution given age and sex (`sampler.age_months` / `sampler.sex`); 0: none (Anny
+        sources only).
     seed: seed of the identity prior, the flows' initialisation, noise and minibatches.
     report_held_out: base identities drawn with fresh seeds for the model report (0: no report).
     out: where `synth build-model` writes the model (default: the cache, see `synth.build.build`).
@@ -47,11 +50,13 @@ class ModelConfig:
     tensor_path: str | None = None
     transfer: TransferConfig = field(default_factory=TransferConfig)
     n_identities: int = 95
+    training_ages: str = "stratified"
     expressions: list[str] = field(default_factory=list)
     intensity: float = 1.0
     variance_id: float = 0.999
     variance_ex: float = 0.999
     flow: FlowConfig = field(default_factory=FlowConfig)
+    conditioning_identities: int = 200
     seed: int = 0
     report_held_out: int = 10
     out: str | None = None
@@ -66,7 +71,12 @@ class ModelConfig:
                 "model.source=tensor needs model.tensor_path=FILE.npz (see docs/bring-your-own-model.md)"
             )
         check_range("model.n_identities", self.n_identities, 1, 10_000)
+        if self.training_ages not in AGE_CHOICES:
+            raise ValueError(
+                f"model.training_ages={self.training_ages}: need one of {', '.join(AGE_CHOICES)}"
+            )
         check_range("model.seed", self.seed, 0, 2**63 - 1)
+        check_range("model.conditioning_identities", self.conditioning_identities, 0, 100_000)
         check_range("model.report_held_out", self.report_held_out, 0, 1000)
         if not 0.0 < self.intensity <= 2.0:
             raise ValueError(f"model.intensity={self.intensity} must be in (0, 2]")
@@ -90,6 +100,8 @@ def build_spec(config: ModelConfig) -> dict[str, Any]:
     spec.pop("out")
     if config.source is ModelSource.tensor:
         spec.pop("anny")
+        spec.pop("training_ages")
+        spec.pop("conditioning_identities")
     if config.source is not ModelSource.anny_transfer:
         spec.pop("transfer")  # keeps the build keys of the other sources unchanged
     spec["format_version"] = MODEL_FORMAT_VERSION
@@ -103,6 +115,9 @@ def config_from_spec(spec: dict[str, Any]) -> ModelConfig:
     if version != MODEL_FORMAT_VERSION:
         raise ValueError(f"build recipe of format_version {version}, this synth reads {MODEL_FORMAT_VERSION}")
     anny = spec.pop("anny", None)
+    if spec["source"] != ModelSource.tensor.value:
+        spec.setdefault("training_ages", "prior")  # recipes from before the field drew the prior's ages
+        spec.setdefault("conditioning_identities", 0)
     return ModelConfig(
         source=ModelSource(spec.pop("source")),
         anny=AnnyPriorConfig(**anny) if anny is not None else AnnyPriorConfig(),

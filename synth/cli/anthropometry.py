@@ -63,12 +63,18 @@ def _task(config: AnthropometryConfig, raw: DictConfig) -> int:
 
         model = FaceModel.load(resolve_model(config.model, progress=True))
         model_id = model.model_id
-        w_id = model.sample(config.n_samples, config.seed)["w_id"]
-        with torch.no_grad():
-            meshes = model.decode(w_id, model.neutral_w_ex.expand(len(w_id), -1)).double().cpu().numpy()
-        unknown = np.full(len(meshes), np.nan)
-        samples = measure_meshes(meshes, unknown, np.array(["unknown"] * len(meshes)))
-        sample_rows = an.distribution_rows({"prior population": population, "model samples": samples})
+        # the flow's samples follow the training identities (their ages: model.training_ages), so they are
+        # held against those, decoded by the model
+        pops3 = {}
+        for name, w_id in (
+            ("training identities", model.identity_coefficients),
+            ("model samples", model.sample(config.n_samples, config.seed)["w_id"]),
+        ):
+            with torch.no_grad():
+                meshes = model.decode(w_id, model.neutral_w_ex.expand(len(w_id), -1)).double().cpu().numpy()
+            unknown = np.full(len(meshes), np.nan)
+            pops3[name] = measure_meshes(meshes, unknown, np.array(["unknown"] * len(meshes)))
+        sample_rows = an.distribution_rows(pops3)
         conditioned, readout_error = _conditioned_samples(model, config, groups)
         if conditioned is not None:
             conditioned_rows = an.norm_table(conditioned, norms, np.char.add("model ", groups))
@@ -79,7 +85,7 @@ def _task(config: AnthropometryConfig, raw: DictConfig) -> int:
         "norms": norms.sources,
         "source_by_age_sex": table,
         "prior_population": population_rows,
-        "model_vs_prior": sample_rows,
+        "model_vs_training": sample_rows,
         "model_conditioned_by_age_sex": conditioned_rows,
         "readout_held_out_rmse": readout_error,
         "landmark_distances": an.pair_table(source, groups),
@@ -95,7 +101,8 @@ def _task(config: AnthropometryConfig, raw: DictConfig) -> int:
 def _conditioned_samples(model, config: AnthropometryConfig, groups) -> tuple:
     """Neutral identities drawn by the generate sampler with `sampler.age_months=[a, a]` and `sampler.sex`
     for each source group (same ages, sexes and sizes), measured; (Population, readout error) or
-    (None, None) for a model without age / sex labels."""
+    (None, None) for a model without an identity conditional. The readout error (None without a readout)
+    is that of the labels of identities drawn without an age or sex."""
     import numpy as np
     import torch
 
@@ -106,7 +113,7 @@ def _conditioned_samples(model, config: AnthropometryConfig, groups) -> tuple:
     from synth.sources.anny_anthropometry import measure_meshes
 
     space = latent_space(model)
-    if space.readout is None:
+    if space.conditional is None:
         return None, None
     pops, n = [], config.n_per_group
     for g, (age, sex) in enumerate((a, s) for a in config.ages_months for s in SEXES):
@@ -120,6 +127,8 @@ def _conditioned_samples(model, config: AnthropometryConfig, groups) -> tuple:
     # circumference) over the feature's slope (dm per month) at each age
     from synth.sources.conditioning import age_feature
 
+    if space.readout is None:
+        return concat_populations(pops), None
     ages = np.asarray(config.ages_months, dtype=np.float64)
     low, high = np.maximum(ages - 0.5, 0.0), ages + 0.5
     slope = (age_feature(high) - age_feature(low)) / (high - low)
@@ -139,20 +148,24 @@ def _markdown(result: dict) -> str:
         "\n## The prior's population (its own ages)\n",
         markdown_table(result["prior_population"]),
     ]
-    if result["model_vs_prior"]:
+    if result["model_vs_training"]:
         parts += [
-            f"\n## Model {result['model_id']} samples vs the prior\n",
-            distribution_markdown(result["model_vs_prior"]),
+            f"\n## Model {result['model_id']}: unconditioned samples vs its training identities\n",
+            distribution_markdown(result["model_vs_training"]),
         ]
     if result["model_conditioned_by_age_sex"]:
         error = result["readout_held_out_rmse"]
-        parts += [
-            f"\n## Model {result['model_id']} samples drawn with sampler.age_months=[a, a], sampler.sex\n",
-            "Age / sex readout of the identity latent, leave-one-identity-out RMSE: age (months, at each "
-            f"age) {', '.join(f'{k} m: {v:.1f}' for k, v in error['age_months_at'].items())}; "
-            f"female indicator {error['female_indicator']:.2f}.\n",
-            markdown_table(result["model_conditioned_by_age_sex"]),
-        ]
+        parts.append(
+            f"\n## Model {result['model_id']} samples drawn with sampler.age_months=[a, a], sampler.sex\n"
+        )
+        if error is not None:
+            parts.append(
+                "(Identities drawn without an age or sex carry the readout's estimates; its "
+                "leave-one-identity-out RMSE: age (months, at each age) "
+                f"{', '.join(f'{k} m: {v:.1f}' for k, v in error['age_months_at'].items())}; "
+                f"female indicator {error['female_indicator']:.2f}.)\n"
+            )
+        parts.append(markdown_table(result["model_conditioned_by_age_sex"]))
     parts.append("\n## Every landmark distance (mean, SD mm) by group\n")
     parts.append("| group | pair | mean mm | SD mm |\n|---|---|---|---|\n")
     parts += [

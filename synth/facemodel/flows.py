@@ -32,9 +32,16 @@ log = logging.getLogger(__name__)
 BLOCK = 128
 
 
+DEGENERATE = 1e-4  # relative variance below which a PCA component is not kept
+
+
 def fit_pca(w: Tensor, variance: float) -> tuple[Tensor, Tensor, Tensor]:
     """PCA of training coefficients w (n, K) keeping `variance` of the variance (at least 1 component).
 
+    Components with less than `DEGENERATE` of the largest variance are dropped whatever `variance` says:
+    a HOSVD factor's rows have orthonormal columns, so after centring all directions have equal variance
+    except the one every training code shares (~1e-6 of the others on the default model, 0 for the
+    expressions), and whitening that one would divide by ~0 (held-out NLL 2e10).
     Returns mean (K,), basis (D, K) with orthonormal rows, std (D,) the components' standard deviations.
     """
     w64 = w.double()
@@ -43,7 +50,7 @@ def fit_pca(w: Tensor, variance: float) -> tuple[Tensor, Tensor, Tensor]:
     var = s.square() / max(w.shape[0] - 1, 1)
     frac = var.cumsum(0) / var.sum()
     dim = int(torch.searchsorted(frac, torch.tensor(variance - 1e-12, dtype=frac.dtype)).item()) + 1
-    dim = max(1, min(dim, int((var > var[0] * 1e-12).sum())))
+    dim = max(1, min(dim, int((var > var[0] * DEGENERATE).sum())))
     return mean.float(), vh[:dim].float(), var[:dim].sqrt().float()
 
 
@@ -125,6 +132,12 @@ class LatentFlow(nn.Module):
         with single_thread():
             transform = self.flow().transform  # built once per call, not per block
             return _blocked(lambda x: transform(self.whiten(x)), w.to(self.pca_mean.dtype), block).to(w.dtype)
+
+    def u_to_z(self, u: Tensor, block: int | None = None) -> Tensor:
+        """Whitened PCA coordinates u (B, D) -> z (B, D), the flow alone."""
+        with single_thread():
+            transform = self.flow().transform
+            return _blocked(transform, u.to(self.pca_mean.dtype), block).to(u.dtype)
 
     def to_w(self, z: Tensor, block: int | None = None) -> Tensor:
         """z (B, D) -> w (B, K), the exact inverse f^-1 (eq. 15)."""

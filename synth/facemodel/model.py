@@ -4,7 +4,9 @@
 
 A model directory holds `model.json` (dimensions, names, versions, build recipe, sha256 of every array
 file) and safetensors files only: `bilinear.safetensors` (core, mean, faces, training coefficients, AU
-table, mode energies), `flow_id.safetensors`, `flow_ex.safetensors`. Never pickles.
+table, mode energies), `flow_id.safetensors`, `flow_ex.safetensors`, and for models of labelled sources
+`identity_conditional.safetensors` (the identity distribution given age and sex, `IdentityConditional`).
+Never pickles.
 
 Sampling is deterministic and batch-size independent: sample i of run seed s draws its latents from its
 own generator `synth.seeding.torch_generator(s, i, Stage.LATENT)` (z_id first, then z_ex), and the flows
@@ -30,6 +32,7 @@ import synth
 from synth.atomic import atomic_write_bytes, atomic_write_text
 from synth.errors import SynthError
 from synth.facemodel import bilinear
+from synth.facemodel.conditional import IdentityConditional
 from synth.facemodel.config import MODEL_FORMAT_VERSION
 from synth.facemodel.flows import BLOCK, LatentFlow
 from synth.facemodel.topology import triangles_hash
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 FORMAT_NAME = "synth-face-model"
 BILINEAR_FILE = "bilinear.safetensors"
 FLOW_FILES = {"id": "flow_id.safetensors", "ex": "flow_ex.safetensors"}
+CONDITIONAL_FILE = "identity_conditional.safetensors"  # optional
 # Weight formats that can carry pickles (or are not ours); a model directory holding one is refused.
 _FOREIGN_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".npy", ".npz", ".h5", ".joblib"}
 _INTERPOLATION_MODES = ("expression", "identity", "joint")
@@ -54,7 +58,8 @@ class FaceModel:
     identity_coefficients: (n_id, I) w_id of the training identities; expression_coefficients: (n_ex, E)
     w_ex of the catalogue expressions (row k is `expression_names[k]`); expression_aus: (n_ex, A) nominal
     AU intensities in [0, 1]; energy_id / energy_ex: squared singular values of the full HOSVD modes;
-    flow_id / flow_ex: the flows; info: JSON-able build provenance (recipe, kept variance, training).
+    flow_id / flow_ex: the flows; info: JSON-able build provenance (recipe, kept variance, training);
+    identity_conditional: the identity distribution given age and sex (None for a source without them).
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class FaceModel:
         au_names: Sequence[str],
         identity_ids: Sequence[str],
         info: dict[str, Any],
+        identity_conditional: IdentityConditional | None = None,
     ) -> None:
         self.core = core
         self.mean = mean
@@ -89,6 +95,7 @@ class FaceModel:
         self.au_names = list(au_names)
         self.identity_ids = list(identity_ids)
         self.info = info
+        self.identity_conditional = identity_conditional
         self._check()
         self._model_id: str | None = None
         self._packed: Tensor | None = None  # `bilinear.pack_core(core, BLOCK)`, made on the first decode
@@ -114,6 +121,11 @@ class FaceModel:
             )
         if "neutral" not in self.expression_names:
             raise SynthError("face model: no expression named 'neutral' in expression_names")
+        cond = self.identity_conditional
+        if cond is not None and cond.dim != self.flow_id.dim_z:
+            raise SynthError(
+                f"face model: identity conditional of dimension {cond.dim}, flow {self.flow_id.dim_z}"
+            )
 
     # ----------------------------------------------------------------------------------- dimensions
     @property
@@ -202,6 +214,18 @@ class FaceModel:
                     far, len(w), name, TAIL_FACTOR,
                 )  # fmt: skip
         return w_id, w_ex
+
+    def conditioned_z_id(self, age_months: np.ndarray, female: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """Identity latents z_id (n, D_id) float64 of identities of the given ages (n,) months and sexes
+        female (n,) bool, from standard normal draws e (n, D_id): `IdentityConditional.sample_u`, then the
+        flow. Raises SynthError for a model without an identity conditional."""
+        if self.identity_conditional is None:
+            raise SynthError(
+                "this face model has no age / sex conditional (its source has no age and sex labels, or it "
+                "was built by an older synth): rebuild it with synth build-model"
+            )
+        u = torch.from_numpy(self.identity_conditional.sample_u(age_months, female, e)).to(self.device)
+        return self.flow_id.u_to_z(u, BLOCK).cpu().numpy()
 
     def to_latent(self, w_id: Tensor, w_ex: Tensor) -> tuple[Tensor, Tensor]:
         """w_id (B, I), w_ex (B, E) -> z_id (B, D_id), z_ex (B, D_ex) through the flows."""
@@ -311,7 +335,15 @@ class FaceModel:
             },
             FLOW_FILES["id"]: _float32_state(self.flow_id),
             FLOW_FILES["ex"]: _float32_state(self.flow_ex),
-        }
+        } | (
+            {}
+            if self.identity_conditional is None
+            else {
+                CONDITIONAL_FILE: {
+                    k: torch.from_numpy(v) for k, v in self.identity_conditional.arrays().items()
+                }
+            }
+        )
 
     @property
     def model_id(self) -> str:
@@ -388,9 +420,10 @@ class FaceModel:
             )
         files = meta.get("files", {})
         expected = {BILINEAR_FILE, *FLOW_FILES.values()}
-        if set(files) != expected:
+        if set(files) - {CONDITIONAL_FILE} != expected:
             raise SynthError(
-                f"{directory}/model.json lists files {sorted(files)}, expected {sorted(expected)}"
+                f"{directory}/model.json lists files {sorted(files)}, expected {sorted(expected)} "
+                f"(and optionally {CONDITIONAL_FILE})"
             )
         arrays: dict[str, dict[str, Tensor]] = {}
         for file, digest in files.items():
@@ -426,6 +459,7 @@ class FaceModel:
                 energy_id=b["energy_id"], energy_ex=b["energy_ex"], flow_id=flows["id"], flow_ex=flows["ex"],
                 expression_names=meta["expression_names"], au_names=meta["au_names"],
                 identity_ids=meta["identity_ids"], info=meta["info"],
+                identity_conditional=_conditional(arrays.get(CONDITIONAL_FILE), directory),
             )  # fmt: skip
         except KeyError as err:
             raise SynthError(f"model directory {directory} lacks array or field {err}; rebuild it") from None
@@ -440,6 +474,15 @@ class FaceModel:
                 f"{directory}/model.json model_id {meta.get('model_id')} does not match its content"
             )
         return model.to(device)
+
+
+def _conditional(arrays: dict[str, Tensor] | None, directory: Path) -> IdentityConditional | None:
+    if arrays is None:
+        return None
+    try:
+        return IdentityConditional.from_arrays({k: v.numpy() for k, v in arrays.items()})
+    except ValueError as err:
+        raise SynthError(f"model file {directory / CONDITIONAL_FILE}: {err}; rebuild the model") from None
 
 
 def _float32_state(flow: LatentFlow) -> dict[str, Tensor]:

@@ -76,9 +76,11 @@ class SamplerConfig:
     prior: the expression prior's knobs (used by kind prior, and by identity_sets / interpolation with
         `expressions_from=prior`).
     age_months: None, or [low, high]: every identity's age is drawn uniformly in [low, high] months and its
-        identity latent conditioned on it (all kinds; `synth.sources.conditioning`); needs a model built
-        from the Anny source (its training identities' ages).
-    sex: "female", "male" or "any": condition every identity's latent on this sex ("any": no condition).
+        identity drawn from the model's identity distribution at that age and sex (all kinds;
+        `synth.facemodel.conditional`); needs a model built from the Anny source.
+    sex: "female", "male" or "any". With either set, every identity is conditioned and its labels are
+        exact (an unset age is drawn from the source's age distribution, sex "any" with its share of
+        girls); with neither, identities come from the identity flow and age / sex are estimated.
     """
 
     kind: SamplerKind = SamplerKind.prior

@@ -41,7 +41,7 @@ from synth.facemodel.model import truncate
 from synth.labels.expression_prior import ExpressionPrior, expression_prior
 from synth.pipeline.config import ExpressionSource, InterpolationMode, SamplerConfig, SamplerKind, SplitConfig
 from synth.seeding import Stage, numpy_rng, torch_generator
-from synth.sources.conditioning import age_feature, age_from_feature
+from synth.sources.conditioning import age_from_feature
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ _AU_STREAM = 4  # au sampler: random AU choice and intensities
 _PRIOR_STREAM = 5  # expression prior draws (prior kind, identity_sets, first interpolation endpoint)
 _END_PRIOR_STREAM = 6  # interpolation: the second endpoint's expression prior draw
 _KIND_OFFSET_STREAM = 100  # + the prior stream: the run's offset of the golden-ratio kind sequence
-_LABEL_STREAM = 7  # age / sex conditioning: the identity's target age and the readout noise
+_LABEL_STREAM = 7  # age / sex conditioning: the identity's target age and sex
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,8 @@ class LatentSpace:
     expression_aus: (n_ex, A) nominal AU intensities of each catalogue expression.
     readout: the age / sex readout of the identity latent (`synth.sources.conditioning.Readout`), or None
         when the model has no labelled training identities.
+    conditional: the model's `IdentityConditional` (None without one) and condition_z its sampler,
+        (ages (n,), female (n,), e (n, D)) -> z_id (n, D) (`FaceModel.conditioned_z_id`).
     """
 
     dim_id: int
@@ -77,6 +79,8 @@ class LatentSpace:
     au_names: tuple[str, ...]
     expression_aus: np.ndarray
     readout: Any = None
+    conditional: Any = None
+    condition_z: Any = None
 
     def single_au_expressions(self) -> dict[str, int]:
         """AU name -> index of the catalogue expression that activates exactly that AU (and nothing else)."""
@@ -134,11 +138,17 @@ class Sampler:
         self._expressions = [self._expression_index(n, "sampler.expressions") for n in cfg.expressions]
         self._au_pool = self._resolve_au_pool() if cfg.kind is SamplerKind.au and not cfg.targets else []
         self._conditioned = cfg.age_months is not None or cfg.sex != "any"
-        if self._conditioned and space.readout is None:
+        if self._conditioned and space.conditional is None:
             raise SynthError(
-                "sampler.age_months / sampler.sex: the model has no age / sex labels of its training "
-                "identities (build it from the Anny source) to condition on"
+                "sampler.age_months / sampler.sex: the model has no age / sex conditional (build it from "
+                "the Anny source with this synth: synth build-model) to condition on"
             )
+        if self._conditioned and cfg.age_months is not None:
+            lo, hi = space.conditional.age_range
+            if not lo <= cfg.age_months[0] <= cfg.age_months[1] <= hi:
+                raise SynthError(
+                    f"sampler.age_months={cfg.age_months}: the model's identities span {lo:g}-{hi:g} months"
+                )
         self.prior = self._resolve_prior()
         self._kind_offset = {
             stream: float(numpy_rng(seed, 0, Stage.SAMPLER, _KIND_OFFSET_STREAM + stream).random())
@@ -361,37 +371,37 @@ class Sampler:
         return "+".join(parts)
 
     def _labels(self, groups: np.ndarray, z_id: np.ndarray) -> tuple[np.ndarray, list, np.ndarray]:
-        """Condition each row's identity latent (in place) on its group's age / sex target; return the
-        rows' (age_months (B,), sex (B,), estimated (B,)). Every row of a group gets the same target and
-        readout noise, so a group's identity stays one identity (the conditioning is affine in z)."""
-        b = len(groups)
-        readout = self.space.readout
+        """Condition each row's identity latent (in place) on its group's age and sex; return the rows'
+        (age_months (B,), sex (B,), estimated (B,)).
+
+        With sampler.age_months or sampler.sex, a group's age is uniform in [low, high] (without a range:
+        drawn from the source's age distribution) and its sex the configured one (for "any": drawn with
+        the source's share of girls); the latent is the model's identity conditional with the row's
+        standard normal z_id as its noise. That map is affine in the noise, so the rows of one group stay
+        one identity and an interpolation stays a line. Without either, the labels are the readout's
+        estimates (NaN / None without a readout)."""
+        b, cfg, space = len(groups), self.cfg, self.space
+        if self._conditioned:
+            cond = space.conditional
+            age, female = np.empty(b), np.empty(b, bool)
+            for row, g in enumerate(groups.tolist()):
+                u_age, u_sex = numpy_rng(self.seed, g, Stage.SAMPLER, _LABEL_STREAM).random(2)
+                if cfg.age_months is None:
+                    age[row] = cond.draw_age(np.array([u_age]))[0]
+                else:
+                    lo, hi = cfg.age_months
+                    age[row] = lo + u_age * (hi - lo)
+                female[row] = cfg.sex == "female" or (cfg.sex == "any" and u_sex < cond.female_share[0])
+            z_id[:] = space.condition_z(age, female, z_id.astype(np.float64)).astype(np.float32)
+            sex = ["female" if f else "male" for f in female.tolist()]
+            return age.astype(np.float32), sex, np.zeros(b, bool)
+        readout = space.readout
         if readout is None:
             return np.full(b, np.nan, np.float32), [None] * b, np.ones(b, bool)
-        cfg = self.cfg
-        which = ([0] if cfg.age_months is not None else []) + ([1] if cfg.sex != "any" else [])
-        age = np.empty(b, np.float32)
-        for row, g in enumerate(groups.tolist()):
-            if not which:
-                break
-            rng = numpy_rng(self.seed, g, Stage.SAMPLER, _LABEL_STREAM)
-            target_age = rng.uniform(*cfg.age_months) if cfg.age_months is not None else 0.0
-            noise = rng.standard_normal(2)[: len(which)]
-            feature = float(age_feature(np.array(target_age)))
-            y = [v for k, v in ((0, feature), (1, float(cfg.sex == "female"))) if k in which]
-            z = readout.condition(
-                np.array([y]), z_id[row : row + 1].astype(np.float64), noise[None], tuple(which)
-            )
-            z_id[row] = z[0].astype(np.float32)
-            age[row] = target_age
         predicted = readout.predict(z_id.astype(np.float64))  # (B, 2)
-        if cfg.age_months is None:
-            age = age_from_feature(predicted[:, 0]).astype(np.float32)
-        sex = (
-            [cfg.sex] * b if cfg.sex != "any" else ["female" if p >= 0.5 else "male" for p in predicted[:, 1]]
-        )
-        estimated = np.full(b, cfg.age_months is None or cfg.sex == "any")
-        return age, sex, estimated
+        age = age_from_feature(predicted[:, 0]).astype(np.float32)
+        sex = ["female" if p >= 0.5 else "male" for p in predicted[:, 1]]
+        return age, sex, np.ones(b, bool)
 
     def _au_expression(self, index: int, weights: np.ndarray) -> str:
         """Fill `weights` (n_ex,) for sample `index` of the au sampler; return its label."""

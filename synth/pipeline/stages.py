@@ -91,6 +91,8 @@ def latent_space(model: Any) -> LatentSpace:
         au_names=tuple(model.au_names),
         expression_aus=_numpy(model.expression_aus).astype(np.float32),
         readout=model_readout(model),
+        conditional=model.identity_conditional,
+        condition_z=model.conditioned_z_id if model.identity_conditional is not None else None,
     )
 
 

@@ -180,11 +180,18 @@ class AnnyPriorConfig:
         return (mean / std) ** 2, std**2 / mean
 
 
+AGE_CHOICES = ("stratified", "prior")
+
+
 @dataclass
 class AnnySourceConfig:
     """What `build_anny_tensor` builds.
 
     n_identities: base identities sampled from the prior (x3 with variants).
+    ages: how the identities' ages are chosen: "stratified" (default) spreads them evenly in sqrt(age)
+        over the prior's age range (`stratified_ages`), so a model trained on them sees newborns and
+        3-year-olds and can be conditioned on any age in the range; "prior" draws them from the
+        prior's age Gamma (few identities near the ends of the range).
     expressions: catalogue expression names to build (catalogue order is kept; "neutral" is always added;
         with variants, the mirror of each listed expression must be listed too); None = all 76.
     delta: expression intensity (BabyFlow eq. 7): facial-action weights are scaled by it.
@@ -194,6 +201,7 @@ class AnnySourceConfig:
     """
 
     n_identities: int = 95
+    ages: str = "stratified"
     expressions: list[str] | None = None
     delta: float = 1.0
     variants: bool = True
@@ -207,6 +215,8 @@ class AnnySourceConfig:
             self.expressions = [str(e) for e in self.expressions]
         if not 1 <= self.n_identities <= 10_000:
             raise ValueError(f"n_identities={self.n_identities}: need 1 <= value <= 10000")
+        if self.ages not in AGE_CHOICES:
+            raise ValueError(f"ages={self.ages!r}: need one of {', '.join(AGE_CHOICES)}")
         if not 0.0 < self.delta <= 2.0:
             raise ValueError(f"delta={self.delta}: need 0 < value <= 2")
         if not 1 <= self.batch_size <= 4096:
@@ -570,15 +580,18 @@ def sample_identities(
     seed: int,
     n: int,
     start: int = 0,
-    age_months: float | None = None,
+    age_months: float | np.ndarray | None = None,
     sex: str | None = None,
 ) -> IdentityParams:
     """Identities start .. start+n-1 of the stream `seed`: identity i uses numpy_rng(seed, i, BUILD), so a
-    prefix does not depend on n and fresh indices (>= n) give held-out identities. age_months / sex pin
-    every identity's age / sex (see `sample_identity`)."""
+    prefix does not depend on n and fresh indices (>= n) give held-out identities. age_months (a number or
+    one per identity, (n,)) / sex pin the identities' ages / sex (see `sample_identity`)."""
+    ages = np.broadcast_to(
+        np.asarray(age_months if age_months is not None else np.nan, dtype=np.float64), (n,)
+    )
     draws = [
-        sample_identity(prior, numpy_rng(seed, i, Stage.BUILD), age_months, sex)
-        for i in range(start, start + n)
+        sample_identity(prior, numpy_rng(seed, i, Stage.BUILD), None if np.isnan(a) else float(a), sex)
+        for i, a in zip(range(start, start + n), ages.tolist(), strict=True)
     ]
     first = draws[0]
     return IdentityParams(
@@ -589,6 +602,28 @@ def sample_identities(
         first.local_change_labels,
         first.expression_scaling,
     )
+
+
+# The golden ratio's fractional part: its multiples mod 1 are the most evenly spread sequence there is
+# (three-distance theorem), so every prefix of the stratified ages covers the range evenly.
+_GOLDEN = 0.6180339887498949
+
+
+def stratified_ages(prior: AnnyPriorConfig, n: int, start: int = 0) -> np.ndarray:
+    """Ages (months, (n,)) of identities start .. start+n-1 spread evenly in sqrt(age) over the prior's age
+    range: (sqrt(lo) + (sqrt(hi) - sqrt(lo)) u)^2 with u = frac(0.5 + i * golden ratio). Even in sqrt(age)
+    puts more identities where heads grow fastest (the first months: 19 mm of head circumference a month at
+    birth, 1 mm a month at 3 years) while keeping some at the range's end. Exact in float64 (no
+    CPU-dependent rounding), and identity i's age does not depend on n."""
+    lo, hi = np.sqrt(prior.age_months_range)
+    u = np.mod(0.5 + np.arange(start, start + n, dtype=np.float64) * _GOLDEN, 1.0)
+    return (lo + (hi - lo) * u) ** 2
+
+
+def source_identities(config: AnnySourceConfig, seed: int) -> IdentityParams:
+    """The base identities a source config builds (`config.ages` decides their ages)."""
+    ages = stratified_ages(config.prior, config.n_identities) if config.ages == "stratified" else None
+    return sample_identities(config.prior, seed, config.n_identities, age_months=ages)
 
 
 # --- geometry ----------------------------------------------------------------------------------------
@@ -728,7 +763,7 @@ def build_anny_tensor(config: AnnySourceConfig, seed: int, progress: bool = True
     topo = anny_topology()
     ex = selected_expressions(config.expressions, config.variants, catalogue)
     actions = catalogue.expression_actions(config.delta, ex)  # (E, 52)
-    params = sample_identities(config.prior, seed, config.n_identities)
+    params = source_identities(config, seed)
 
     n, n_ex, n_vert = config.n_identities, len(ex), topo.symmetry.size
     names = [f"anny-{i:04d}" for i in range(n)]

@@ -1,48 +1,45 @@
-"""Age and sex conditioning in the identity flow's latent space (a linear-Gaussian readout, exact
-conditioning).
+"""Age and sex of a model's identities: the identity conditional the build fits (sampling at a given age and
+sex), and the linear readout that estimates both for identities drawn without them.
 
-The identity flow maps the training identities' codes to z ~ N(0, I_D). Their labels y = (age feature,
-female indicator), the age feature being the WHO median head circumference at that age (`age_feature`),
-are read out linearly, y = B z + c + e with e ~ N(0, S) (ridge least squares over the training
-identities; S the residual covariance). Under that joint Gaussian, z given y* is
+Conditional (`fit_identity_conditional`): at each age anchor (0, 3, 6, 12, 18, 24, 36 months, within the
+source prior's range) and sex, `n` fresh identities of the calibrated source are drawn with that age and
+sex, their neutral meshes projected onto the model's identity space (least squares: the neutral mesh is
+affine in w_id) and into the identity flow's whitened PCA coordinates u; their mean and covariance are the
+anchor's Gaussian (`synth.facemodel.conditional.IdentityConditional`). Why fresh identities and not the
+training ones: 95 identities spread over 36 months leave a handful per age, so their mean at any one age is
++-0.3 SD off by chance (measured at 30-36 months: -0.4 to -0.5 SD on four measures), and a regression over
+ages bends towards the middle at the ends; 200 identities per anchor and sex cost ~30 s of the build.
 
-    z | y* ~ N(K (y* - c), I - K B),    K = B^T (B B^T + S)^-1    (D x 2),
-
-drawn as z = z0 + K (y* - c - B z0 - e0) with z0 ~ N(0, I) and e0 ~ N(0, S) (Matheron's rule, exact for
-the linear-Gaussian model). Why this and not a conditional flow: the label is nearly linear in z (age
-drives head size, the first identity direction), conditioning stays inside the trained flow's own
-Gaussian (no retraining, every conditioned draw is a draw of the unconditioned model reweighted), and its
-accuracy is measurable: `fit_readout` reports the leave-one-group-out error of the readout, which is the
-error of a conditioned sample's label.
+Readout (`fit_readout`, `model_readout`): the identity flow maps the training identities' codes to z ~ N(0,
+I_D); their labels y = (age feature, female indicator), the age feature being the WHO median head
+circumference at that age (`age_feature`), are read out linearly, y = B z + c + e (ridge least squares;
+`Readout.error` the leave-one-identity-out RMSE). It labels identities sampled without an age or sex
+(`age_sex_estimated`), with that held-out error.
 """
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from synth.facemodel.conditional import IdentityConditional
+
+log = logging.getLogger(__name__)
+
+# Age anchors of the identity conditional (months): the calibration's anchors.
+ANCHOR_AGES = (0.0, 3.0, 6.0, 12.0, 18.0, 24.0, 36.0)
+SEX_ORDER = ("female", "male")  # IdentityConditional's sex index
+
 
 @dataclass(frozen=True)
 class Readout:
-    """y = B z + c + e: weights (2, D), intercept (2,), residual covariance (2, 2) of e; label order
-    (age feature, female indicator); error: held-out RMSE of each label (leave-one-group-out), in label
-    units."""
+    """y = B z + c + e: weights (2, D), intercept (2,); label order (age feature, female indicator);
+    error: held-out RMSE of each label (leave-one-group-out), in label units."""
 
     weights: np.ndarray
     intercept: np.ndarray
-    residual_cov: np.ndarray
     error: np.ndarray
-
-    def condition(
-        self, y: np.ndarray, z0: np.ndarray, e0: np.ndarray, labels: tuple[int, ...] = (0, 1)
-    ) -> np.ndarray:
-        """Latents given labels: y (n, k) targets of the label columns `labels` (k of them), z0 (n, D) ~
-        N(0, I), e0 (n, k) ~ N(0, I) -> z (n, D). Unconditioned labels stay free (their marginal)."""
-        sel = list(labels)
-        b, s, c = self.weights[sel], self.residual_cov[np.ix_(sel, sel)], self.intercept[sel]
-        gain = b.T @ np.linalg.inv(b @ b.T + s)  # (D, k)
-        noise = e0 @ np.linalg.cholesky(s).T  # (n, k) ~ N(0, S)
-        return z0 + (y - c - z0 @ b.T - noise) @ gain.T
 
     def predict(self, z: np.ndarray) -> np.ndarray:
         """The readout's labels of latents z (n, D) -> (n, 2) (age feature, female indicator)."""
@@ -69,9 +66,7 @@ def fit_readout(z: np.ndarray, y: np.ndarray, groups: np.ndarray, ridge: float =
         b, c = _ridge(z[~held], y[~held], ridge)
         residuals[held] = y[held] - (z[held] @ b.T + c)
     b, c = _ridge(z, y, ridge)
-    fitted = y - (z @ b.T + c)
-    cov = np.cov(fitted.T) + 1e-6 * np.eye(y.shape[1])
-    return Readout(b, c, cov, np.sqrt((residuals**2).mean(axis=0)))
+    return Readout(b, c, np.sqrt((residuals**2).mean(axis=0)))
 
 
 def age_feature(age_months: np.ndarray) -> np.ndarray:
@@ -130,3 +125,44 @@ def model_readout(model: Any) -> Readout | None:
         readout = fit_readout(z_id.double().cpu().numpy(), y, groups)
     _READOUTS[model.model_id] = readout
     return readout
+
+
+def fit_identity_conditional(model: Any, prior: Any, n: int, seed: int) -> IdentityConditional:
+    """The identity conditional of a built `FaceModel` on an Anny source with prior `prior`
+    (`AnnyPriorConfig`): n fresh identities per age anchor and sex from stream `seed` (see module doc)."""
+    import torch
+    from scipy.stats import gamma as gamma_dist
+
+    from synth.sources.anny_source import neutral_meshes, sample_identities
+
+    lo, hi = prior.age_months_range
+    anchors = np.array(sorted({lo, hi, *(a for a in ANCHOR_AGES if lo < a < hi)}))
+    # neutral mesh = mean + w_id @ jac: affine in w_id (the decoder is bilinear, w_ex fixed at neutral)
+    core = model.core.double().cpu()
+    jac = torch.einsum("vie,e->iv", core, model.neutral_w_ex.double().cpu())  # (I, 3N)
+    gram = jac @ jac.T  # (I, I)
+    flow = model.flow_id.cpu()
+    d = model.dim_z_id
+    means, factors = np.empty((2, len(anchors), d)), np.empty((2, len(anchors), d, d))
+    for s, sex in enumerate(SEX_ORDER):
+        for k, age in enumerate(anchors.tolist()):
+            params = sample_identities(
+                prior, seed, n, start=(s * len(anchors) + k) * n, age_months=age, sex=sex
+            )
+            x = torch.from_numpy(neutral_meshes(params).reshape(n, -1)) - model.mean.double().cpu()
+            w = torch.linalg.solve(gram, jac @ x.T).T  # (n, I) least squares
+            with torch.no_grad():
+                u = flow.whiten(w)  # (n, D) float64
+            # torch, not numpy: its BLAS / LAPACK code path is the one synth.cpu pins
+            centred = u - u.mean(dim=0)
+            cov = centred.T @ centred / max(n - 1, 1)
+            cov += 1e-10 * max(float(torch.trace(cov)) / d, 1e-12) * torch.eye(d, dtype=cov.dtype)  # n <= D
+            means[s, k], factors[s, k] = u.mean(dim=0).numpy(), torch.linalg.cholesky(cov).numpy()
+            log.info("identity conditional: %g months %s, %d identities", age, sex, n)
+    grid = np.linspace(lo, hi, 4 * int(np.ceil(hi - lo)) + 1)
+    shape, scale = prior._age_gamma()
+    cdf = gamma_dist.cdf(grid, shape, scale=scale)
+    cdf = (cdf - cdf[0]) / (cdf[-1] - cdf[0])
+    g0, g1 = prior.gender_range
+    female = float(np.clip((g1 - max(g0, 0.5)) / (g1 - g0), 0.0, 1.0))
+    return IdentityConditional(anchors, means, factors, grid, cdf, np.array([female]))

@@ -46,6 +46,7 @@ from synth.sources.anny_source import (
     neutral_meshes,
     sample_identities,
     selected_expressions,
+    source_identities,
     variant_ids,
     years_to_anny_age,
 )
@@ -248,7 +249,7 @@ def build_transfer_tensor(
     catalogue = load_catalogue()
     topo = anny_topology()
     ex = selected_expressions(source_config.expressions, source_config.variants, catalogue)
-    params = sample_identities(source_config.prior, seed, source_config.n_identities)
+    params = source_identities(source_config, seed)
     neutral = neutral_meshes(params)  # (n, N, 3)
     adults = build_adult_source(transfer, source_config.prior, seed, progress)
     mapping = source_mapping(adults, neutral.mean(axis=0), topo.faces, transfer)

@@ -67,6 +67,12 @@ def test_build_recipe_roundtrips_and_keys_the_cache() -> None:
     assert config_from_spec(json.loads(json.dumps(build_spec(tiny)))) == tiny
     assert dataclasses.replace(config, out="/somewhere").build_key() == config.build_key()
     assert dataclasses.replace(config, seed=1).build_key() != config.build_key()
+    # a recipe recorded before training ages were stratified / the conditional fitted reads as it was built
+    old = build_spec(config)
+    del old["training_ages"], old["conditioning_identities"]
+    assert config_from_spec(old) == dataclasses.replace(
+        config, training_ages="prior", conditioning_identities=0
+    )
 
 
 def test_build_from_tensor_file_is_cached_atomic_and_refuses_foreign_dirs(

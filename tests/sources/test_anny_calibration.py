@@ -134,7 +134,7 @@ def test_anthropometry_cli_end_to_end(
     groups = {r["group"] for r in result["source_by_age_sex"]}
     assert groups == {"0 m female", "0 m male", "12 m female", "12 m male"}
     assert len(result["landmark_distances"]) == 4 * 253
-    assert {r["population"] for r in result["model_vs_prior"]} == {"prior population", "model samples"}
+    assert {r["population"] for r in result["model_vs_training"]} == {"training identities", "model samples"}
     conditioned = {r["group"] for r in result["model_conditioned_by_age_sex"]}
     assert conditioned == {f"model {g}" for g in groups}
     assert set(result["readout_held_out_rmse"]["age_months_at"]) == {"0", "12"}

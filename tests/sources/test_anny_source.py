@@ -338,3 +338,24 @@ def test_without_variants(topology) -> None:
         progress=False,
     )
     assert t.identity_ids == ["anny-0000", "anny-0001"] and t.vertices.shape[:2] == (2, 2)
+
+
+def test_stratified_ages_cover_the_range_evenly_in_sqrt_age_and_do_not_depend_on_n() -> None:
+    prior = src.AnnyPriorConfig()
+    ages = src.stratified_ages(prior, 95)
+    assert ages.min() >= 0.0 and ages.max() <= 36.0
+    # even in sqrt(age): every tenth of the sqrt range holds 9 to 11 of the 95 identities (i.i.d. draws:
+    # 4 to 15 at this n, 1 % each side)
+    counts = np.histogram(np.sqrt(ages / 36.0), bins=10, range=(0.0, 1.0))[0]
+    assert counts.min() >= 9 and counts.max() <= 11
+    # identity i's age is the same in a longer build and in the held-out stream (start)
+    np.testing.assert_array_equal(src.stratified_ages(prior, 200)[:95], ages)
+    np.testing.assert_array_equal(src.stratified_ages(prior, 5, start=90), ages[90:])
+    # the build's identities take them; "prior" keeps the Gamma draws
+    config = src.AnnySourceConfig(n_identities=3)
+    params = src.source_identities(config, seed=0)
+    np.testing.assert_allclose(params.age_months, ages[:3])
+    drawn = src.source_identities(src.AnnySourceConfig(n_identities=3, ages="prior"), seed=0)
+    np.testing.assert_array_equal(drawn.age_months, src.sample_identities(prior, 0, 3).age_months)
+    with pytest.raises(ValueError, match="ages="):
+        src.AnnySourceConfig(ages="uniform")
