@@ -48,6 +48,7 @@ def _task(config: AnthropometryConfig, raw: DictConfig) -> int:
     source = an.concat_populations(pops)
     groups = np.array(groups)
     table = an.norm_table(source, norms, groups)
+    table_3d = an.norm_table_3d(source, norms, groups)
     log.info("source measured: %d identities", len(groups))
 
     # 2. The prior's own population (its age distribution), each identity against the norm at its age.
@@ -78,6 +79,7 @@ def _task(config: AnthropometryConfig, raw: DictConfig) -> int:
         conditioned, readout_error = _conditioned_samples(model, config, groups)
         if conditioned is not None:
             conditioned_rows = an.norm_table(conditioned, norms, np.char.add("model ", groups))
+            table_3d += an.norm_table_3d(conditioned, norms, np.char.add("model ", groups))
             figure_pops["model, sampler.age_months"] = conditioned
     result = {
         "config": OmegaConf.to_container(raw, resolve=True),
@@ -87,6 +89,7 @@ def _task(config: AnthropometryConfig, raw: DictConfig) -> int:
         "prior_population": population_rows,
         "model_vs_training": sample_rows,
         "model_conditioned_by_age_sex": conditioned_rows,
+        "other_distances_at_36_months": table_3d,
         "readout_held_out_rmse": readout_error,
         "landmark_distances": an.pair_table(source, groups),
         "seconds": time.perf_counter() - start,
@@ -166,6 +169,12 @@ def _markdown(result: dict) -> str:
                 f"female indicator {error['female_indicator']:.2f}.)\n"
             )
         parts.append(markdown_table(result["model_conditioned_by_age_sex"]))
+    if result["other_distances_at_36_months"]:
+        parts += [
+            "\n## Other distances at 36 months against 3D norms at 3 years (not calibrated against)\n",
+            f"Norms: {result['norms']['facial_3d']}\n",
+            markdown_table(result["other_distances_at_36_months"]),
+        ]
     parts.append("\n## Every landmark distance (mean, SD mm) by group\n")
     parts.append("| group | pair | mean mm | SD mm |\n|---|---|---|---|\n")
     parts += [

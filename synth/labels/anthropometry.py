@@ -22,7 +22,10 @@ Norms (`load_norms`): `synth/labels/data/infant_anthropometry.json`, a copy of t
 file with its citations: WHO head circumference-for-age by sex (0-36 months) and caliper norms of
 intercanthal width (en-en), palpebral fissure length (ex-en), mouth width (ch-ch) and nasal height (n-sn)
 by year of age (Hall et al. 2007 compilation). Between tabulated ages the mean and SD are interpolated
-linearly.
+linearly. Plus eight further distances at 3 years by sex from 3D photographs (Weinberg et al. 2016, the 3D
+Facial Norms database; `FACIAL_3D_MEASURES`): outer canthal width, nasal width, philtrum length and width,
+nasal protrusion, nasal bridge length, lower lip height, alar length. They are not calibrated against, so
+they check the anatomy the calibration did not target (`norm_table_3d`).
 """
 
 import itertools
@@ -45,6 +48,18 @@ FACIAL_MEASURES: dict[str, tuple[tuple[str, str], ...]] = {
     "ch-ch": (("chL", "chR"),),
     "n-sn": (("n", "sn"),),
 }
+# Distances with 3D norms at 3 years (Weinberg et al. 2016): name -> landmark pairs (bilateral averaged).
+FACIAL_3D_MEASURES: dict[str, tuple[tuple[str, str], ...]] = {
+    "ex-ex": (("exL", "exR"),),
+    "al-al": (("aL", "aR"),),
+    "sn-ls": (("sn", "ls"),),
+    "sn-prn": (("sn", "prn"),),
+    "cph-cph": (("cphL", "cphR"),),
+    "n-prn": (("n", "prn"),),
+    "li-sl": (("li", "sl"),),
+    "ac-prn": (("acL", "prn"), ("acR", "prn")),
+}
+FACIAL_3D_AGE_MONTHS = 36.0
 GLABELLA_BAND_MM = 15.0
 
 
@@ -57,13 +72,15 @@ class Norms:
 
     hc_age_months: (A,) WHO table ages; hc_mean / hc_sd: {"female"|"male": (A,)} head circumference.
     facial: {measure ("en-en", ...): (age_years (K,), mean (K,), sd (K,))}.
-    sources: {"head_circumference": citation, "facial": citation}.
+    facial_3d: {measure ("ex-ex", ...): {"female"|"male": (mean, sd)}} at `FACIAL_3D_AGE_MONTHS`.
+    sources: {"head_circumference": citation, "facial": citation, "facial_3d": citation}.
     """
 
     hc_age_months: np.ndarray
     hc_mean: dict[str, np.ndarray]
     hc_sd: dict[str, np.ndarray]
     facial: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    facial_3d: dict[str, dict[str, tuple[float, float]]]
     sources: dict[str, str]
 
     def head_circumference(self, age_months: np.ndarray, sex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,14 +133,26 @@ def norms_from_json(data: dict[str, Any]) -> Norms:
             raise ValueError(f"norms: no rows for {measure}")
         a = np.array(sel, dtype=np.float64)
         facial[measure] = (a[:, 0], a[:, 1], a[:, 2])
+    table_3d = data["facial_3d_norms_age3"]
+    facial_3d: dict[str, dict[str, tuple[float, float]]] = {}
+    for _, measure, sex, years, mean, sd in table_3d["rows"]:
+        if years * 12.0 != FACIAL_3D_AGE_MONTHS or sex not in SEXES or measure not in FACIAL_3D_MEASURES:
+            raise ValueError(f"norms: unexpected 3D norm row {measure} {sex} {years}")
+        facial_3d.setdefault(measure, {})[sex] = (float(mean), float(sd))
+    if set(facial_3d) != set(FACIAL_3D_MEASURES) or any(len(v) != 2 for v in facial_3d.values()):
+        raise ValueError(
+            f"norms: 3D norms for {sorted(facial_3d)}, need both sexes of {sorted(FACIAL_3D_MEASURES)}"
+        )
     return Norms(
         hc_age_months=rows[:, 0],
         hc_mean={"male": rows[:, 1], "female": rows[:, 3]},
         hc_sd={"male": rows[:, 2], "female": rows[:, 4]},
         facial=facial,
+        facial_3d=facial_3d,
         sources={
             "head_circumference": who["source"],
             "facial": data["facial_caliper_norms"]["source"],
+            "facial_3d": table_3d["source"],
         },
     )
 
@@ -324,6 +353,37 @@ def norm_table(pop: Population, norms: Norms, groups: np.ndarray) -> list[dict[s
                 continue
             mean, sd = norms.facial_norm(measure, pop.age_months[sel])
             rows.append(_row(group, measure, values[sel], mean, sd))
+    return rows
+
+
+def facial_3d_values(pop: Population) -> dict[str, np.ndarray]:
+    """The `FACIAL_3D_MEASURES` distances of a population: {measure: (n,) mm} (bilateral ones averaged)."""
+    column = {label: k for k, label in enumerate(pop.pair_labels)}
+
+    def distance(a: str, b: str) -> np.ndarray:
+        return pop.pairs[:, column[f"{a}-{b}"] if f"{a}-{b}" in column else column[f"{b}-{a}"]]
+
+    return {m: np.mean([distance(a, b) for a, b in pairs], axis=0) for m, pairs in FACIAL_3D_MEASURES.items()}
+
+
+def facial_3d_norm(norms: Norms, measure: str, sex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, SD) (n,) mm of a 3D-norm measure for each identity's sex, at `FACIAL_3D_AGE_MONTHS`."""
+    stats = np.array([norms.facial_3d[measure][s] for s in np.asarray(sex).tolist()]).reshape(-1, 2)
+    return stats[:, 0], stats[:, 1]
+
+
+def norm_table_3d(pop: Population, norms: Norms, groups: np.ndarray) -> list[dict[str, Any]]:
+    """Rows as `norm_table` for the 3D-norm distances (`FACIAL_3D_MEASURES`, each identity against its
+    sex's norm), for the groups whose identities are all `FACIAL_3D_AGE_MONTHS` old (the norms' one age)."""
+    values = facial_3d_values(pop)
+    rows = []
+    for group in dict.fromkeys(groups.tolist()):
+        sel = groups == group
+        if np.any(np.abs(pop.age_months[sel] - FACIAL_3D_AGE_MONTHS) > 1e-6):
+            continue
+        for measure in FACIAL_3D_MEASURES:
+            mean, sd = facial_3d_norm(norms, measure, pop.sex[sel])
+            rows.append(_row(group, measure, values[measure][sel], mean, sd))
     return rows
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 CALIBRATION_FILE = "anny_calibration.json"
-CALIBRATIONS = ("infant_v1",)  # names accepted by `AnnyPriorConfig.calibration`
+CALIBRATIONS = ("infant_v2",)  # names accepted by `AnnyPriorConfig.calibration`
 SEXES = ("female", "male")
 # Calibration controls -> the Anny local changes each one drives (all with weight 1).
 CONTROLS: dict[str, tuple[str, ...]] = {
@@ -43,7 +43,24 @@ CONTROLS: dict[str, tuple[str, ...]] = {
     "mouth-scale-horiz-incr": ("mouth-scale-horiz-incr",),
     "nose-scale-vert-incr": ("nose-scale-vert-incr",),
     "nose-base-up": ("nose-base-up",),
+    # anatomy controls: fitted at 3 years against the 3D norms of other distances, the same at every age
+    "nose-width": ("nose-scale-horiz-incr",),
+    "nose-depth": ("nose-scale-depth-incr",),
+    "nose-up": ("nose-trans-up",),
+    "nose-septum": ("nose-septumangle-incr",),
+    "philtrum-width": ("mouth-cupidsbow-width-incr",),
+    "lower-lip-height": ("mouth-lowerlip-height-incr",),
+    "mouth-up": ("mouth-trans-up",),
 }
+ANATOMY_CONTROLS = (
+    "nose-width",
+    "nose-depth",
+    "nose-up",
+    "nose-septum",
+    "philtrum-width",
+    "lower-lip-height",
+    "mouth-up",
+)
 # Regions whose prior spread the calibration may narrow: name -> Anny local-change prefixes.
 REGIONS: dict[str, tuple[str, ...]] = {"eye": ("l-eye-", "r-eye-"), "mouth": ("mouth-",)}
 FORMAT_VERSION = 1

@@ -25,6 +25,17 @@ Method, per anchor age a (months) and sex:
 Steps 3-5 alternate for ITERATIONS rounds (the Jacobian is measured at rounds JACOBIAN_AT only); anchors
 are independent. The fit treats the uncalibrated prior's local changes (clipped to [-1, 1]) as its draws;
 the prior's std <= 0.5 makes the clip rare.
+6. Anatomy (`fit_anatomy`): at 36 months, per sex, the offsets of the ANATOMY_CONTROLS (nose width,
+   depth, height and septum angle, philtrum width, lower lip height, mouth height: the Anny local changes
+   that move those distances most independently, measured) and of the size controls are fitted together,
+   with the noise and spreads of steps 1-5 in place, against the eight 3D norms at 3 years (outer canthal
+   width, nasal width, philtrum length and width, nasal protrusion, nasal bridge, lower lip height, alar
+   length) and the five norms above, weighted NORM_WEIGHT times (where the two disagree, the five stay
+   at their norms): Gauss-Newton as in 3, on other individuals.
+7. There are no published norms of those eight before 3 years, so the anatomy offsets of 36 months apply
+   at every age (Anny's infant nose and mouth are taken to be off by the same amount, in its own units, at
+   every age), and the size offsets of the other anchors are refitted with them in place (as in 3).
+`--anatomy-only` runs steps 6-7 on the shipped file's steps 1-5.
 """
 
 import argparse
@@ -39,9 +50,19 @@ import numpy as np
 from scipy.optimize import lsq_linear, nnls
 
 from synth.atomic import atomic_write_text
-from synth.labels.anthropometry import FACIAL_MEASURES, Norms, Population, load_norms
+from synth.labels.anthropometry import (
+    FACIAL_3D_AGE_MONTHS,
+    FACIAL_3D_MEASURES,
+    FACIAL_MEASURES,
+    Norms,
+    Population,
+    facial_3d_norm,
+    facial_3d_values,
+    load_norms,
+)
 from synth.sources.anny_anthropometry import measure_identities
 from synth.sources.anny_calibration import (
+    ANATOMY_CONTROLS,
     CALIBRATION_FILE,
     CONTROLS,
     FORMAT_VERSION,
@@ -64,6 +85,9 @@ MIN_SPREAD = 0.3
 REGION_MEASURES = {"eye": ("en-en", "ex-en"), "mouth": ("ch-ch",)}
 STEP = 0.1  # forward-difference step of the Jacobian, Anny local-change units
 COMMAND = "python -m synth.sources.anny_calibration_fit"
+SIZE_CONTROLS = tuple(c for c in CONTROLS if c not in ANATOMY_CONTROLS)  # steps 1-5 (CONTROLS order: first)
+ANATOMY_ITERATIONS = 3
+NORM_WEIGHT = 3.0  # weight of the five size norms against the eight 3D norms in step 6
 
 
 def z_scores(pop: Population, norms: Norms) -> np.ndarray:
@@ -73,6 +97,16 @@ def z_scores(pop: Population, norms: Norms) -> np.ndarray:
     for measure in FACIAL_MEASURES:
         mean, sd = norms.facial_norm(measure, pop.age_months)
         cols.append((pop.facial[measure] - mean) / sd)
+    return np.stack(cols, axis=1)
+
+
+def z_scores_3d(pop: Population, norms: Norms) -> np.ndarray:
+    """(n, 8) z-scores of each identity's FACIAL_3D_MEASURES against the 3-year 3D norms of its sex."""
+    values = facial_3d_values(pop)
+    cols = []
+    for measure in FACIAL_3D_MEASURES:
+        mean, sd = facial_3d_norm(norms, measure, pop.sex)
+        cols.append((values[measure] - mean) / sd)
     return np.stack(cols, axis=1)
 
 
@@ -96,17 +130,19 @@ def fit_anchor(
     params = sample_identities(prior, seed, n, start=start, age_months=age_months, sex=sex)
     base = params.local_changes
     z_noise = np.random.default_rng([seed, int(age_months * 10), SEXES.index(sex)]).standard_normal(
-        (n, len(CONTROLS))
+        (n, len(SIZE_CONTROLS))
     )
-    offset = np.zeros(len(CONTROLS))
-    std = np.zeros(len(CONTROLS))
+    offset = np.zeros(len(SIZE_CONTROLS))
+    std = np.zeros(len(SIZE_CONTROLS))
     spread = np.ones(len(REGIONS))
+    no_anatomy = np.zeros((n, len(ANATOMY_CONTROLS)))
 
     def scores(o: np.ndarray, s: np.ndarray, f: np.ndarray | None = None) -> np.ndarray:
         f = spread if f is None else f
-        return z_scores(measure_identities(_with_controls(params, base, o + s * z_noise, f)), norms)
+        controls = np.hstack([o + s * z_noise, no_anatomy])
+        return z_scores(measure_identities(_with_controls(params, base, controls, f)), norms)
 
-    jac = np.zeros((len(MEASURES), len(CONTROLS)))
+    jac = np.zeros((len(MEASURES), len(SIZE_CONTROLS)))
     for iteration in range(ITERATIONS):
         z = scores(offset, std)  # (n, 5)
         for g, region in enumerate(REGIONS):
@@ -125,10 +161,13 @@ def fit_anchor(
         )  # fmt: skip
         if iteration in JACOBIAN_AT:  # the problem is nearly linear: a Jacobian at a few iterations is enough
             jac = np.stack(
-                [(scores(offset + STEP * e, std).mean(axis=0) - r) / STEP for e in np.eye(len(CONTROLS))],
+                [
+                    (scores(offset + STEP * e, std).mean(axis=0) - r) / STEP
+                    for e in np.eye(len(SIZE_CONTROLS))
+                ],
                 axis=1,
             )  # (5, C)
-        a = np.vstack([jac, np.sqrt(RIDGE) * np.eye(len(CONTROLS))])
+        a = np.vstack([jac, np.sqrt(RIDGE) * np.eye(len(SIZE_CONTROLS))])
         b = np.concatenate([-r, -np.sqrt(RIDGE) * offset])
         step = lsq_linear(a, b, bounds=(-OFFSET_BOUND - offset, OFFSET_BOUND - offset)).x
         offset = offset + step
@@ -159,9 +198,9 @@ def fit_calibration(n: int, seed: int) -> dict[str, Any]:
             noise[sex].append(np.round(s, 4).tolist())
             spread[sex].append(np.round(f, 4).tolist())
             fit[sex].append(summary)
-    return {
+    record = {
         "format_version": FORMAT_VERSION,
-        "name": "infant_v1",
+        "name": "infant_v2",
         "about": (
             "Anthropometric calibration of the Anny infant prior: per anchor age and sex, offsets and extra "
             "standard deviations (Anny local-change units) of the controls, linear in age between anchors. "
@@ -181,6 +220,92 @@ def fit_calibration(n: int, seed: int) -> dict[str, Any]:
         "spread": spread,
         "fit": {"measures": list(MEASURES), **fit},
     }
+    return fit_anatomy(record, n, seed)
+
+
+def fit_anatomy(record: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
+    """Steps 6-7: the record (steps 1-5, SIZE_CONTROLS) with the ANATOMY_CONTROLS fitted at 36 months
+    (jointly with the size offsets there) and the size offsets of the other anchors refitted with them."""
+    norms = load_norms()
+    size = len(SIZE_CONTROLS)
+    record = json.loads(json.dumps(record))
+    anchors = list(record["anchors_months"])
+    at = anchors.index(FACIAL_3D_AGE_MONTHS)
+    anatomy_fit = {}
+    for k, sex in enumerate(SEXES):
+        offsets, fits = [], []
+        # 36 months first: it fixes the anatomy offsets the other anchors then keep
+        for a in [at, *(i for i in range(len(anchors)) if i != at)]:
+            start = ((len(SEXES) + k) * len(anchors) + a) * n  # other individuals than steps 1-5
+            params = sample_identities(
+                AnnyPriorConfig(calibration=None), seed, n, start=start, age_months=anchors[a], sex=sex
+            )
+            noise = np.random.default_rng([seed, 1000 + k, a]).standard_normal((n, size))
+            sized = np.asarray(record["noise_std"][sex][a][:size]) * noise
+            anatomy = None if a == at else offsets[0][size:]
+            o, fit = _refit(params, np.asarray(record["offset"][sex][a][:size]), sized, anatomy,
+                            np.asarray(record["spread"][sex][a]), norms)  # fmt: skip
+            offsets.append(o)
+            fits.append((a, fit))
+            log.info("anatomy %s %g months: offsets %s %s", sex, anchors[a], o.round(3), fit)
+        order = [a for a, _ in fits]
+        record["offset"][sex] = [np.round(offsets[order.index(a)], 4).tolist() for a in range(len(anchors))]
+        record["noise_std"][sex] = [
+            row[:size] + [0.0] * len(ANATOMY_CONTROLS) for row in record["noise_std"][sex]
+        ]
+        anatomy_fit[sex] = [fit for _, fit in sorted(fits, key=lambda f: f[0])]
+    record["norms"] = norms.sources
+    record["controls"] = list(CONTROLS)
+    record["control_local_changes"] = {k: list(v) for k, v in CONTROLS.items()}
+    record["anatomy"] = {
+        "controls": list(ANATOMY_CONTROLS),
+        "norms": norms.sources["facial_3d"],
+        **anatomy_fit,
+    }
+    return record
+
+
+def _refit(
+    params: IdentityParams,
+    size_offset: np.ndarray,
+    size_noise: np.ndarray,
+    anatomy: np.ndarray | None,
+    spread: np.ndarray,
+    norms: Norms,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Offsets (C,) of every control for identities `params` with size-control noise `size_noise` (n, S):
+    anatomy None: all offsets free, against the 5 norms and the 8 3D norms (36 months); else the anatomy
+    offsets fixed and the size offsets refitted against the 5 norms."""
+    n, size = len(params), len(SIZE_CONTROLS)
+    with_3d = anatomy is None
+    offset = np.concatenate([size_offset, np.zeros(len(ANATOMY_CONTROLS)) if with_3d else anatomy])
+    free = np.arange(len(offset)) if with_3d else np.arange(size)
+
+    def scores(o: np.ndarray) -> np.ndarray:
+        controls = o + np.hstack([size_noise, np.zeros((n, len(ANATOMY_CONTROLS)))])
+        pop = measure_identities(_with_controls(params, params.local_changes, controls, spread))
+        z = z_scores(pop, norms)
+        return np.hstack([z, z_scores_3d(pop, norms)]) if with_3d else z
+
+    weight = np.ones(len(MEASURES) + (len(FACIAL_3D_MEASURES) if with_3d else 0))
+    weight[: len(MEASURES)] = NORM_WEIGHT if with_3d else 1.0
+    jac = None
+    for _ in range(ANATOMY_ITERATIONS):
+        r = scores(offset).mean(axis=0) * weight
+        if jac is None:  # nearly linear: one Jacobian
+            eye = np.eye(len(offset))[free]
+            jac = np.stack([(scores(offset + STEP * e).mean(axis=0) * weight - r) / STEP for e in eye], 1)
+        a = np.vstack([jac, np.sqrt(RIDGE) * np.eye(len(free))])
+        b = np.concatenate([-r, -np.sqrt(RIDGE) * offset[free]])
+        bounds = (-OFFSET_BOUND - offset[free], OFFSET_BOUND - offset[free])
+        offset[free] = offset[free] + lsq_linear(a, b, bounds=bounds).x
+    z = scores(offset)
+    names = [*MEASURES, *FACIAL_3D_MEASURES][: z.shape[1]]
+    summary = {
+        m: {"z_of_mean": round(float(z[:, j].mean()), 3), "sd_ratio": round(float(z[:, j].std(ddof=1)), 3)}
+        for j, m in enumerate(names)
+    }
+    return offset, summary
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,9 +313,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=100, help="identities per anchor age and sex")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=str(Path(__file__).parent / "data" / CALIBRATION_FILE))
+    parser.add_argument("--anatomy-only", action="store_true", help="step 6 on the shipped steps 1-5")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    record = fit_calibration(args.n, args.seed)
+    if args.anatomy_only:
+        shipped = json.loads((Path(__file__).parent / "data" / CALIBRATION_FILE).read_text())
+        shipped["controls"] = list(SIZE_CONTROLS)  # the shipped steps 1-5 (offsets of SIZE_CONTROLS first)
+        shipped["offset"] = {s: [row[: len(SIZE_CONTROLS)] for row in shipped["offset"][s]] for s in SEXES}
+        shipped["noise_std"] = {
+            s: [row[: len(SIZE_CONTROLS)] for row in shipped["noise_std"][s]] for s in SEXES
+        }
+        shipped["name"] = "infant_v2"
+        record = fit_anatomy(shipped, args.n, args.seed)
+    else:
+        record = fit_calibration(args.n, args.seed)
     atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
     log.info("wrote %s", args.out)
 

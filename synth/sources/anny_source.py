@@ -126,7 +126,7 @@ class AnnyPriorConfig:
     local_change_max_std: float = 0.5
     local_change_asymmetry: float = 0.2
     expression_scaling: ExpressionScaling = ExpressionScaling.head_size
-    calibration: str | None = "infant_v1"
+    calibration: str | None = "infant_v2"
 
     def __post_init__(self) -> None:
         if self.calibration is not None and self.calibration not in CALIBRATIONS:

@@ -122,3 +122,30 @@ def test_norm_table_z_scores_and_sd_ratio() -> None:
     assert {r["measure"] for r in rows[1:]} == set(an.FACIAL_MEASURES)
     assert all(r["z_of_mean"] == pytest.approx(0.0) for r in rows[1:])
     assert "| 12 m male | head circumference | 4 |" in an.markdown_table(rows)
+
+
+def test_3d_norms_at_three_years_are_read_by_sex_and_held_against_36_month_groups() -> None:
+    raw = json.loads(resources.files("synth.labels").joinpath("data", an.NORMS_FILE).read_text())
+    norms = an.load_norms()
+    assert "Weinberg" in norms.sources["facial_3d"] and set(norms.facial_3d) == set(an.FACIAL_3D_MEASURES)
+    for _, measure, sex, years, mean, sd in raw["facial_3d_norms_age3"]["rows"]:
+        assert years == 3 and norms.facial_3d[measure][sex] == (mean, sd)
+    # a landmark set whose distances are the boys' norm means plus one norm SD, and a 12-month group
+    names = ("exR", "exL", "aR", "aL", "acR", "acL", "prn", "sn", "ls", "cphR", "cphL", "n", "li", "sl")
+    target = {m: norms.facial_3d[m]["male"][0] + norms.facial_3d[m]["male"][1] for m in an.FACIAL_3D_MEASURES}
+    labels = an.pair_names(names)
+    pairs = np.zeros((2, len(labels)))
+    for m, value in target.items():
+        for a, b in an.FACIAL_3D_MEASURES[m]:
+            pairs[:, labels.index(f"{a}-{b}") if f"{a}-{b}" in labels else labels.index(f"{b}-{a}")] = value
+    pop = an.Population(
+        age_months=np.array([36.0, 12.0]), sex=np.array(["male", "male"]), head_circumference=np.zeros(2),
+        facial={}, pairs=pairs, pair_labels=labels,
+    )  # fmt: skip
+    rows = an.norm_table_3d(pop, norms, np.array(["36 m male", "12 m male"]))
+    assert {r["group"] for r in rows} == {"36 m male"} and len(rows) == len(an.FACIAL_3D_MEASURES)
+    for r in rows:
+        assert (
+            r["z_of_mean"] == pytest.approx(1.0)
+            and r["norm_mean_mm"] == norms.facial_3d[r["measure"]]["male"][0]
+        )
