@@ -71,6 +71,20 @@ def test_rank_for_variance_drops_numerical_zeros() -> None:
     assert bilinear.rank_for_variance(energy, 0.7) == 2
 
 
+def test_the_common_component_is_kept_and_left_out_of_the_fraction() -> None:
+    # expressions that all share one big identity field (component 0, constant over the mode) and differ
+    # by small ones: the fraction is of the differences
+    energy = np.array([1000.0, 5.0, 3.0, 2.0])
+    assert bilinear.rank_for_variance(energy, 0.99) == 1  # 99.9 % of everything: the common one alone
+    assert bilinear.rank_for_variance(energy, 0.99, common=0) == 4
+    assert bilinear.rank_for_variance(energy, 0.5, common=0) == 2
+    assert bilinear.rank_for_variance(np.array([9.0, 8.0, 1.0, 0.5]), 0.5, common=2) == 3  # always kept
+    rng = np.random.default_rng(0)
+    q = np.linalg.qr(np.hstack([np.ones((6, 1)), rng.normal(size=(6, 5))]))[0]
+    assert bilinear.common_component(q[:, [1, 0, 2]]) == 1
+    assert bilinear.common_component(q[:, 1:]) is None
+
+
 def test_zero_coefficients_give_the_mean_face() -> None:
     w_ex = torch.randn(3, FULL.rank_ex, generator=torch.Generator().manual_seed(0))
     out = bilinear.bilinear_decode(FULL.core, FULL.mean, torch.zeros(3, FULL.rank_id), w_ex)
