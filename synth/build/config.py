@@ -115,9 +115,6 @@ def config_from_spec(spec: dict[str, Any]) -> ModelConfig:
     if version != MODEL_FORMAT_VERSION:
         raise ValueError(f"build recipe of format_version {version}, this synth reads {MODEL_FORMAT_VERSION}")
     anny = spec.pop("anny", None)
-    if spec["source"] != ModelSource.tensor.value:
-        spec.setdefault("training_ages", "prior")  # recipes from before the field drew the prior's ages
-        spec.setdefault("conditioning_identities", 0)
     return ModelConfig(
         source=ModelSource(spec.pop("source")),
         anny=AnnyPriorConfig(**anny) if anny is not None else AnnyPriorConfig(),

@@ -7,7 +7,7 @@ range.
 from dataclasses import dataclass
 
 # Bump when the model directory layout or the build recipe changes: it keys the cache and is checked on load.
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: HOSVD common component, identity flow PCA floor, identity conditional
 
 
 @dataclass
