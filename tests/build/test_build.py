@@ -67,12 +67,9 @@ def test_build_recipe_roundtrips_and_keys_the_cache() -> None:
     assert config_from_spec(json.loads(json.dumps(build_spec(tiny)))) == tiny
     assert dataclasses.replace(config, out="/somewhere").build_key() == config.build_key()
     assert dataclasses.replace(config, seed=1).build_key() != config.build_key()
-    # a recipe recorded before training ages were stratified / the conditional fitted reads as it was built
-    old = build_spec(config)
-    del old["training_ages"], old["conditioning_identities"]
-    assert config_from_spec(old) == dataclasses.replace(
-        config, training_ages="prior", conditioning_identities=0
-    )
+    # a recipe of an older format (before stratified ages, the conditional, the HOSVD common component)
+    with pytest.raises(ValueError, match="format_version 1"):
+        config_from_spec({**build_spec(config), "format_version": 1})
 
 
 def test_build_from_tensor_file_is_cached_atomic_and_refuses_foreign_dirs(
