@@ -167,19 +167,28 @@ def fit_anchor(
                 ],
                 axis=1,
             )  # (5, C)
-        a = np.vstack([jac, np.sqrt(RIDGE) * np.eye(len(SIZE_CONTROLS))])
-        b = np.concatenate([-r, -np.sqrt(RIDGE) * offset])
-        step = lsq_linear(a, b, bounds=(-OFFSET_BOUND - offset, OFFSET_BOUND - offset)).x
-        offset = offset + step
+        offset = offset + _ridge_step(jac, r, offset)
         prior_var = np.maximum(z.var(axis=0, ddof=1) - (jac**2) @ std**2, 0.0)
         std = np.sqrt(nnls(jac**2, np.maximum(1.0 - prior_var, 0.0))[0])
-    z = scores(offset, std)  # with the final spread, offsets and noise
-    summary = {
-        m: {"z_of_mean": round(float(z[:, k].mean()), 3), "sd_ratio": round(float(z[:, k].std(ddof=1)), 3)}
-        for k, m in enumerate(MEASURES)
-    }
+    summary = _summary(scores(offset, std), MEASURES)  # with the final spread, offsets and noise
     log.info("anchor %4.1f months %-6s %s", age_months, sex, summary)
     return offset, std, spread, summary
+
+
+def _ridge_step(jac: np.ndarray, r: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """The bounded ridge Gauss-Newton step d of offsets (C,) from mean z-scores r (M,) and their Jacobian
+    (M, C): argmin |J d + r|^2 + RIDGE |offset + d|^2 with |offset + d| <= OFFSET_BOUND."""
+    a = np.vstack([jac, np.sqrt(RIDGE) * np.eye(len(offset))])
+    b = np.concatenate([-r, -np.sqrt(RIDGE) * offset])
+    return lsq_linear(a, b, bounds=(-OFFSET_BOUND - offset, OFFSET_BOUND - offset)).x
+
+
+def _summary(z: np.ndarray, names) -> dict[str, dict[str, float]]:
+    """Mean and SD of z-scores z (n, M) per measure name: the fit's record of where it ended."""
+    return {
+        m: {"z_of_mean": round(float(z[:, k].mean()), 3), "sd_ratio": round(float(z[:, k].std(ddof=1)), 3)}
+        for k, m in enumerate(names)
+    }
 
 
 def fit_calibration(n: int, seed: int) -> dict[str, Any]:
@@ -224,16 +233,18 @@ def fit_calibration(n: int, seed: int) -> dict[str, Any]:
 
 
 def fit_anatomy(record: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
-    """Steps 6-7: the record (steps 1-5, SIZE_CONTROLS) with the ANATOMY_CONTROLS fitted at 36 months
-    (jointly with the size offsets there) and the size offsets of the other anchors refitted with them."""
+    """Steps 6-7: the record of steps 1-5 (SIZE_CONTROLS) with the ANATOMY_CONTROLS fitted at 36 months
+    (jointly with the size offsets there) and the size offsets of the other anchors refitted with them.
+    The steps 1-5 offsets and noise are kept as `size_fit`, so `--anatomy-only` can redo 6-7 alone."""
     norms = load_norms()
     size = len(SIZE_CONTROLS)
     record = json.loads(json.dumps(record))
+    record["size_fit"] = json.loads(json.dumps({key: record[key] for key in ("offset", "noise_std")}))
     anchors = list(record["anchors_months"])
     at = anchors.index(FACIAL_3D_AGE_MONTHS)
     anatomy_fit = {}
     for k, sex in enumerate(SEXES):
-        offsets, fits = [], []
+        offsets, fits = {}, {}
         # 36 months first: it fixes the anatomy offsets the other anchors then keep
         for a in [at, *(i for i in range(len(anchors)) if i != at)]:
             start = ((len(SEXES) + k) * len(anchors) + a) * n  # other individuals than steps 1-5
@@ -242,18 +253,15 @@ def fit_anatomy(record: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
             )
             noise = np.random.default_rng([seed, 1000 + k, a]).standard_normal((n, size))
             sized = np.asarray(record["noise_std"][sex][a][:size]) * noise
-            anatomy = None if a == at else offsets[0][size:]
-            o, fit = _refit(params, np.asarray(record["offset"][sex][a][:size]), sized, anatomy,
-                            np.asarray(record["spread"][sex][a]), norms)  # fmt: skip
-            offsets.append(o)
-            fits.append((a, fit))
-            log.info("anatomy %s %g months: offsets %s %s", sex, anchors[a], o.round(3), fit)
-        order = [a for a, _ in fits]
-        record["offset"][sex] = [np.round(offsets[order.index(a)], 4).tolist() for a in range(len(anchors))]
+            anatomy = None if a == at else offsets[at][size:]
+            offsets[a], fits[a] = _refit(params, np.asarray(record["offset"][sex][a][:size]), sized, anatomy,
+                                         np.asarray(record["spread"][sex][a]), norms)  # fmt: skip
+            log.info("anatomy %s %g months: offsets %s %s", sex, anchors[a], offsets[a].round(3), fits[a])
+        record["offset"][sex] = [np.round(offsets[a], 4).tolist() for a in range(len(anchors))]
         record["noise_std"][sex] = [
             row[:size] + [0.0] * len(ANATOMY_CONTROLS) for row in record["noise_std"][sex]
         ]
-        anatomy_fit[sex] = [fit for _, fit in sorted(fits, key=lambda f: f[0])]
+        anatomy_fit[sex] = [fits[a] for a in range(len(anchors))]
     record["norms"] = norms.sources
     record["controls"] = list(CONTROLS)
     record["control_local_changes"] = {k: list(v) for k, v in CONTROLS.items()}
@@ -262,6 +270,18 @@ def fit_anatomy(record: dict[str, Any], n: int, seed: int) -> dict[str, Any]:
         "norms": norms.sources["facial_3d"],
         **anatomy_fit,
     }
+    return record
+
+
+def size_fit(record: dict[str, Any]) -> dict[str, Any]:
+    """The steps 1-5 record inside a calibration record (its `size_fit`, or the record itself when it has
+    none: a file written before the anatomy steps)."""
+    record = json.loads(json.dumps(record))
+    for key, value in record.pop("size_fit", {}).items():
+        record[key] = value
+    record.pop("anatomy", None)
+    record["controls"] = list(SIZE_CONTROLS)
+    record["control_local_changes"] = {k: list(CONTROLS[k]) for k in SIZE_CONTROLS}
     return record
 
 
@@ -295,17 +315,9 @@ def _refit(
         if jac is None:  # nearly linear: one Jacobian
             eye = np.eye(len(offset))[free]
             jac = np.stack([(scores(offset + STEP * e).mean(axis=0) * weight - r) / STEP for e in eye], 1)
-        a = np.vstack([jac, np.sqrt(RIDGE) * np.eye(len(free))])
-        b = np.concatenate([-r, -np.sqrt(RIDGE) * offset[free]])
-        bounds = (-OFFSET_BOUND - offset[free], OFFSET_BOUND - offset[free])
-        offset[free] = offset[free] + lsq_linear(a, b, bounds=bounds).x
+        offset[free] = offset[free] + _ridge_step(jac, r, offset[free])
     z = scores(offset)
-    names = [*MEASURES, *FACIAL_3D_MEASURES][: z.shape[1]]
-    summary = {
-        m: {"z_of_mean": round(float(z[:, j].mean()), 3), "sd_ratio": round(float(z[:, j].std(ddof=1)), 3)}
-        for j, m in enumerate(names)
-    }
-    return offset, summary
+    return offset, _summary(z, [*MEASURES, *FACIAL_3D_MEASURES][: z.shape[1]])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -318,13 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.anatomy_only:
         shipped = json.loads((Path(__file__).parent / "data" / CALIBRATION_FILE).read_text())
-        shipped["controls"] = list(SIZE_CONTROLS)  # the shipped steps 1-5 (offsets of SIZE_CONTROLS first)
-        shipped["offset"] = {s: [row[: len(SIZE_CONTROLS)] for row in shipped["offset"][s]] for s in SEXES}
-        shipped["noise_std"] = {
-            s: [row[: len(SIZE_CONTROLS)] for row in shipped["noise_std"][s]] for s in SEXES
-        }
-        shipped["name"] = "infant_v2"
-        record = fit_anatomy(shipped, args.n, args.seed)
+        record = fit_anatomy({**size_fit(shipped), "name": "infant_v2"}, args.n, args.seed)
     else:
         record = fit_calibration(args.n, args.seed)
     atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
