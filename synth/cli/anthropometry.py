@@ -141,7 +141,7 @@ def _conditioned_samples(model, config: AnthropometryConfig, groups) -> tuple:
 
 
 def _markdown(result: dict) -> str:
-    from synth.labels.anthropometry import distribution_markdown, markdown_table
+    from synth.labels.anthropometry import distribution_markdown, markdown_table, pair_markdown
 
     parts = [
         "# Anthropometry\n",
@@ -175,11 +175,9 @@ def _markdown(result: dict) -> str:
             f"Norms: {result['norms']['facial_3d']}\n",
             markdown_table(result["other_distances_at_36_months"]),
         ]
-    parts.append("\n## Every landmark distance (mean, SD mm) by group\n")
-    parts.append("| group | pair | mean mm | SD mm |\n|---|---|---|---|\n")
     parts += [
-        f"| {r['group']} | {r['pair']} | {r['mean_mm']:.1f} | {r['sd_mm']:.1f} |\n"
-        for r in result["landmark_distances"]
+        "\n## Every landmark distance (mean, SD mm) by group\n",
+        pair_markdown(result["landmark_distances"]),
     ]
     return "\n".join(parts)
 

@@ -306,17 +306,22 @@ def distribution_rows(pops: dict[str, Population]) -> list[dict[str, Any]]:
     return rows
 
 
-def distribution_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| population | measure | n | mean mm | SD mm | mean - reference (ref. SDs) | SD / reference SD |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['population']} | {r['measure']} | {r['n']} | {r['mean_mm']:.1f} | {r['sd_mm']:.1f} | "
-            f"{r['difference_in_reference_sd']:+.2f} | {r['sd_ratio_to_reference']:.2f} |"
-        )
+def _markdown(columns: tuple[tuple[str, str, str], ...], rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of rows: columns (title, row key, format spec)."""
+    lines = ["| " + " | ".join(title for title, _, _ in columns) + " |", "|---" * len(columns) + "|"]
+    lines += ["| " + " | ".join(format(r[key], spec) for _, key, spec in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def distribution_markdown(rows: list[dict[str, Any]]) -> str:
+    """The population-against-reference table (`distribution_rows`) as Markdown."""
+    return _markdown(
+        (("population", "population", ""), ("measure", "measure", ""), ("n", "n", ""),
+         ("mean mm", "mean_mm", ".1f"), ("SD mm", "sd_mm", ".1f"),
+         ("mean - reference (ref. SDs)", "difference_in_reference_sd", "+.2f"),
+         ("SD / reference SD", "sd_ratio_to_reference", ".2f")),
+        rows,
+    )  # fmt: skip
 
 
 def _row(group: str, measure: str, values: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> dict[str, Any]:
@@ -399,18 +404,25 @@ def pair_table(pop: Population, groups: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
+def pair_markdown(rows: list[dict[str, Any]]) -> str:
+    """The landmark-distance table (`pair_table`) as Markdown."""
+    columns = (
+        ("group", "group", ""),
+        ("pair", "pair", ""),
+        ("mean mm", "mean_mm", ".1f"),
+        ("SD mm", "sd_mm", ".1f"),
+    )
+    return _markdown(columns, rows)
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The norm table as Markdown."""
-    lines = [
-        "| group | measure | n | mean mm | SD mm | norm mean | norm SD | z of mean | SD ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['group']} | {r['measure']} | {r['n']} | {r['mean_mm']:.1f} | {r['sd_mm']:.1f} | "
-            f"{r['norm_mean_mm']:.1f} | {r['norm_sd_mm']:.2f} | {r['z_of_mean']:+.2f} | {r['sd_ratio']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
+    """The norm table (`norm_table`, `norm_table_3d`) as Markdown."""
+    return _markdown(
+        (("group", "group", ""), ("measure", "measure", ""), ("n", "n", ""), ("mean mm", "mean_mm", ".1f"),
+         ("SD mm", "sd_mm", ".1f"), ("norm mean", "norm_mean_mm", ".1f"), ("norm SD", "norm_sd_mm", ".2f"),
+         ("z of mean", "z_of_mean", "+.2f"), ("SD ratio", "sd_ratio", ".2f")),
+        rows,
+    )  # fmt: skip
 
 
 def hc_figure(pops: dict[str, Population], norms: Norms) -> bytes:

@@ -161,6 +161,24 @@ def test_anthropometry_cli_end_to_end(
     assert conditioned == {f"model {g}" for g in groups}
     assert set(result["readout_held_out_rmse"]["age_months_at"]) == {"0", "12"}
     assert (out / "head_circumference.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| 12 m male | head circumference | 3 |" in (out / "anthropometry.md").read_text()
+    md = (out / "anthropometry.md").read_text()
+    assert "| 12 m male | head circumference | 3 |" in md
+    # the landmark-distance table is one table: its rows follow the header line by line
+    assert "| group | pair | mean mm | SD mm |\n|---|---|---|---|\n| 0 m female | exR-enR |" in md
     monkeypatch.setattr(sys, "argv", ["synth", "anthropometry", "n_per_group=1"])
     assert synth_main(["anthropometry", "n_per_group=1"]) == 2
+
+
+def test_the_shipped_record_keeps_its_size_fit_for_the_anatomy_steps() -> None:
+    # `--anatomy-only` redoes steps 6-7 from the size fit kept in the file (byte-identical on one machine,
+    # docs/anthropometry.md); the anatomy controls come after the size controls
+    from synth.sources.anny_calibration_fit import SIZE_CONTROLS, size_fit
+
+    record = _record()
+    steps = size_fit(record)
+    assert steps["controls"] == list(SIZE_CONTROLS) and "anatomy" not in steps and "size_fit" not in steps
+    assert list(CONTROLS)[: len(SIZE_CONTROLS)] == list(SIZE_CONTROLS)
+    for sex in SEXES:
+        assert all(len(row) == len(SIZE_CONTROLS) for row in steps["offset"][sex])
+        assert all(len(row) == len(CONTROLS) for row in record["offset"][sex])
+    assert size_fit(steps) == steps  # a record without a size fit is its own
