@@ -25,9 +25,10 @@ from synth.pipeline.stages import check_code_path
 
 pytestmark = pytest.mark.slow
 
-# 12 samples in 3 shards, 64 x 64 maps, one process (no Ray): each run takes seconds.
+# 12 samples in 3 shards, 64 x 64 maps, one process (no Ray): each run takes seconds. Identities drawn at
+# an age (the identity conditional, then the flow both ways) cover every step of the unconditioned draw too.
 ARGS = ["num_samples=12", "render.image_size=64", "output.samples_per_shard=4", "runtime.progress=false",
-        "runtime.executor=local", "preview_samples=0"]  # fmt: skip
+        "runtime.executor=local", "preview_samples=0", "sampler.age_months=[0,36]"]  # fmt: skip
 
 # What runs before synth in the child process.
 PINNED = ""
