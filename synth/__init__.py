@@ -1,11 +1,10 @@
-"""synth: synthetic datasets of expressive 3D faces."""
+"""synth: synthetic datasets of expressive 3D faces.
+
+Importing synth changes nothing in the caller's process (no environment variable, no library setting):
+the CPU pins of `synth.cpu` are set where synth starts a process (the `synth` command, Ray workers).
+"""
 
 from importlib.metadata import PackageNotFoundError, version
-
-from synth import cpu
-
-# Before any tensor operation of the process: one floating-point code path on every x86-64 CPU.
-cpu.pin()
 
 try:
     __version__ = version("synth")

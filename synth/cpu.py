@@ -1,30 +1,40 @@
-"""One floating-point code path on every x86-64 CPU, so the geometry's bytes do not depend on the machine.
+"""One floating-point code path on every x86-64 CPU with AVX2, so the geometry's bytes do not depend on the
+machine or on what the calling script imported first.
 
-PyTorch picks its kernels by the CPU it runs on, and each rounds differently:
-- MKL's GEMMs branch on the instruction set and the vendor; on AMD EPYC they also depend on the operands'
-  memory alignment and on a row's position in its block (measured: a flow's output changed with the
-  buffer's offset, and with the rows it was batched with).
-- ATen's vectorised element-wise and reduction kernels (exp, tanh, sums) have AVX2 and AVX-512 versions.
-- NumPy dispatches its float functions (sin, cos, exp for the cameras and lights) to AVX-512 versions
-  where the CPU has them.
-- Warp compiles the rasterizer's CPU kernels for the host (`-march=native`).
-`pin()` fixes all four before any of them runs (`import synth` calls it):
+Every numeric library synth uses picks its kernels by the CPU it runs on, and each rounds differently:
+- MKL (PyTorch's GEMMs and LAPACK: the flows, the HOSVD, training) branches on the instruction set and the
+  vendor; on AMD EPYC its results also depended on the operands' alignment and a row's block position.
+- OpenBLAS (NumPy's and SciPy's BLAS and LAPACK: the decode GEMM, cameras, NNLS, least squares) picks
+  SkylakeX kernels on AVX-512 CPUs and Haswell or Zen kernels elsewhere, and its GEMMs round differently
+  with another thread count (measured on the decode's 128 x 1296 x 13614 GEMM, 1 vs 2 threads).
+- ATen's vectorised element-wise and reduction kernels (exp, tanh, sums) have AVX2 and AVX-512 versions;
+  oneDNN (ATen's convolutions) compiles its kernels for the host's widest ISA.
+- NumPy dispatches its float functions (sin, cos, exp) to AVX-512 versions where the CPU has them.
+- Warp compiles the rasterizer's CPU kernels for the host (`-march=native`; see `synth.quiet_warp`).
+
+All of them read their setting from the environment once, when they load, so the pins are environment
+variables (`PINNED_ENV`) set where synth starts a process, before any of them loads: the `synth` command
+(`synth.cli.command`), Ray workers (their runtime env), the pinned child that builds models
+(`synth.build.build`). `import synth` sets nothing: a caller's process keeps its own code path, and
+`pin()` is there for an API user who wants the pinned one in their own process (call it first).
+
 - `MKL_CBWR=COMPATIBLE,STRICT`: MKL's conditional numerical reproducibility on its SSE2 branch, the one
   branch MKL runs on every x86-64 CPU, Intel or not (its AVX2 branch is Intel-only: elsewhere MKL silently
-  falls back to the AUTO branch, measured on AMD EPYC). With it the results no longer depend on alignment
-  or batch position either. They still change with the thread count (the decoder's GEMM with 1 vs 2
-  threads, measured, STRICT or not), so the model's GEMMs run one thread each (`synth.facemodel.threads`).
-- `ATEN_CPU_CAPABILITY=avx2`: ATen's AVX2 kernels on AVX2 and AVX-512 machines alike.
-- `NPY_DISABLE_CPU_FEATURES`: NumPy's AVX-512 dispatch targets off (NumPy reads it when imported).
-- Warp's CPU kernels for its generic x86-64 target instead of the host (see `synth.quiet_warp`).
-The pins are environment variables read when MKL / ATen start, so they must be set before the first
-tensor operation of the process; `code_path()` reads back what is in force, and the pipeline compares it
-between the driver, every worker and earlier runs of a dataset (`run.json`).
+  falls back to AUTO, measured on AMD EPYC). Its results still change with the thread count, so the
+  model's GEMMs run one thread each (`synth.facemodel.threads`).
+- `OPENBLAS_CORETYPE=Haswell`, `OPENBLAS_NUM_THREADS=1`: OpenBLAS's AVX2 + FMA kernels, which every AVX2
+  CPU runs, Intel or AMD, on one thread per call (blocks of rows run side by side instead).
+- `ATEN_CPU_CAPABILITY=avx2`, `ONEDNN_MAX_CPU_ISA=AVX2`: ATen's and oneDNN's AVX2 kernels.
+- `NPY_DISABLE_CPU_FEATURES`: NumPy's AVX-512 dispatch targets off.
+`code_path()` reads back what is in force; its key names every one of these, and the pipeline records
+it in `run.json` and checks it on every worker.
 """
 
+import contextlib
 import ctypes
 import os
 import platform
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -33,11 +43,20 @@ from typing import Any
 MKL_BRANCH = "COMPATIBLE,STRICT"
 ATEN_CAPABILITY = "avx2"
 NUMPY_LEVEL = "X86_V3"  # NumPy's dispatch target for AVX2 + FMA; the ones above it are disabled
+OPENBLAS_CORE = "Haswell"
+OPENBLAS_THREADS = 1
+ONEDNN_ISA = "AVX2"
 PINNED_ENV = {
     "MKL_CBWR": MKL_BRANCH,
     "ATEN_CPU_CAPABILITY": ATEN_CAPABILITY,
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+    "OPENBLAS_CORETYPE": OPENBLAS_CORE,
+    "OPENBLAS_NUM_THREADS": str(OPENBLAS_THREADS),
+    "ONEDNN_MAX_CPU_ISA": ONEDNN_ISA,
 }
+# The instruction sets every pinned kernel above needs: without them the pins are not set (an AVX2
+# kernel forced onto an older CPU would stop the process with an illegal instruction).
+REQUIRED_FLAGS = frozenset({"avx2", "fma"})
 
 # mkl_service.h: mkl_cbwr_get(MKL_CBWR_BRANCH) return values
 _MKL_BRANCHES = {
@@ -49,15 +68,58 @@ _MKL_CBWR_ALL = -1
 _MKL_CBWR_STRICT = 0x10000
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux; empty elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else ():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@cache
+def can_pin() -> bool:
+    """Whether this machine runs the pinned code path: x86-64 with AVX2 and FMA (read on Linux)."""
+    return platform.machine() in ("x86_64", "AMD64") and cpu_flags() >= REQUIRED_FLAGS
+
+
+def pinned_env() -> dict[str, str]:
+    """The environment variables a process needs for the pinned code path (none where it cannot run)."""
+    return dict(PINNED_ENV) if can_pin() else {}
+
+
+def env_is_pinned(env: Mapping[str, str] | None = None) -> bool:
+    """Whether `env` (default: this process's) already holds every pin."""
+    env = os.environ if env is None else env
+    return all(env.get(key) == value for key, value in pinned_env().items())
+
+
 def pin() -> None:
-    """Set the pinned environment (overriding other values): call before the process's first tensor op."""
-    if platform.machine() in ("x86_64", "AMD64"):
-        os.environ.update(PINNED_ENV)
+    """Set the pinned environment in this process (overriding other values). It takes effect only for
+    libraries not loaded yet: call it before importing NumPy, SciPy or torch."""
+    os.environ.update(pinned_env())
+
+
+# Libraries that read the pins when they load: once one is loaded, only a new process can pin it.
+_NUMERIC = ("numpy", "scipy", "torch")
+
+
+def pin_process(argv: list[str]) -> None:
+    """For an entry point that owns its process (the `synth` command, the test runner): pin it. Nothing
+    numeric is loaded yet when such a process starts, so setting the environment is enough; if something
+    was (a sitecustomize, an embedding program), the process re-executes `argv` with the pins."""
+    import sys
+
+    if env_is_pinned():
+        return
+    if any(name in sys.modules for name in _NUMERIC):
+        os.execve(argv[0], argv, {**os.environ, **pinned_env()})
+    pin()
 
 
 def mkl_branch() -> str:
     """The MKL code branch in force in this process ("COMPATIBLE,STRICT" when pinned; "OFF" without CNR),
-    "none" without MKL. Starts MKL, so the pins apply from here on."""
+    "none" without MKL. Starts MKL, so the environment in force now decides its branch from here on."""
     import torch
 
     if not torch.backends.mkl.is_available():
@@ -72,15 +134,6 @@ def mkl_branch() -> str:
     return f"{branch},STRICT" if get(_MKL_CBWR_ALL) & _MKL_CBWR_STRICT else branch
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (Linux; empty elsewhere)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else ():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
 def numpy_level() -> str:
     """The highest of NumPy's dispatch targets in force in this process (e.g. "X86_V3")."""
     from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
@@ -89,12 +142,38 @@ def numpy_level() -> str:
     return enabled[-1] if enabled else "baseline"
 
 
+def openblas() -> list[str]:
+    """NumPy's and SciPy's OpenBLAS as "<prefix> <version> <kernels> x<threads>", e.g.
+    "libscipy_openblas64_ 0.3.31 Haswell x1" (SciPy's is loaded here if it is installed)."""
+    import numpy  # noqa: F401  (loads its OpenBLAS)
+
+    with contextlib.suppress(ImportError):
+        import scipy.linalg  # noqa: F401  (loads its own OpenBLAS)
+    from threadpoolctl import threadpool_info
+
+    return sorted(
+        f"{lib['prefix']} {lib['version']} {lib.get('architecture')} x{lib['num_threads']}"
+        for lib in threadpool_info()
+        if lib["internal_api"] == "openblas"
+    )
+
+
+def _key(
+    torch_version: str, aten: str, mkl: str, onednn: str, numpy_version: str, level: str, blas: list[str]
+) -> str:
+    return (
+        f"torch {torch_version} / aten {aten} / mkl {mkl} / onednn {onednn} / numpy {numpy_version} "
+        f"{level} / openblas {', '.join(blas) or 'none'}"
+    )
+
+
 @cache
 def code_path() -> dict[str, Any]:
     """What decides the geometry's bytes in this process, and the CPU it runs on.
 
-    "key": torch and NumPy versions, ATen capability, MKL branch, NumPy dispatch target: equal keys give
-    equal geometry bytes (the promise in docs/architecture.md). "cpu", "isa": the machine, for the record.
+    "key": torch and NumPy versions and the code paths in force (ATen capability, MKL branch, oneDNN ISA,
+    NumPy dispatch target, each OpenBLAS's kernels and threads): equal keys give equal geometry bytes (the
+    promise in docs/architecture.md). "cpu", "isa": the machine, for the record.
     """
     import numpy as np
     import torch
@@ -104,25 +183,41 @@ def code_path() -> dict[str, Any]:
     flags = cpu_flags()
     isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else platform.machine()
     capability = torch.backends.cpu.get_cpu_capability()
-    branch = mkl_branch()
-    level = numpy_level()
+    branch, level, blas = mkl_branch(), numpy_level(), openblas()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "host")  # oneDNN reads it when it first runs
     return {
-        "key": f"torch {torch.__version__} / aten {capability} / mkl {branch} / numpy {np.__version__} "
-        f"{level}",
+        "key": _key(torch.__version__, capability, branch, onednn, np.__version__, level, blas),
         "cpu": cpu_model(),
         "isa": isa,
         "aten": capability,
         "mkl": branch,
         "numpy": level,
+        "openblas": blas,
+        "onednn": onednn,
     }
 
 
 def pinned() -> bool:
-    """Whether this process runs the pinned code path (False on a CPU without AVX2, or when something ran
-    a tensor operation before `pin()`)."""
+    """Whether this process runs the pinned code path (False on a CPU without AVX2, and in a process whose
+    libraries loaded before the pins were set)."""
     path = code_path()
     return (
-        path["aten"] == ATEN_CAPABILITY.upper()
+        can_pin()
+        and path["aten"] == ATEN_CAPABILITY.upper()
         and path["mkl"] in (MKL_BRANCH, "none")
         and path["numpy"] == NUMPY_LEVEL
+        and all(lib.endswith(f" {OPENBLAS_CORE} x{OPENBLAS_THREADS}") for lib in path["openblas"])
+        and path["onednn"] == ONEDNN_ISA
     )
+
+
+def pinned_key() -> str:
+    """The key of a pinned process of this installation (what `synth` and Ray workers run), whatever this
+    process runs: the versions are this installation's, the code paths the pinned ones."""
+    import numpy as np
+    import torch
+
+    mkl = MKL_BRANCH if torch.backends.mkl.is_available() else "none"
+    blas = [lib.rsplit(" ", 2)[0] + f" {OPENBLAS_CORE} x{OPENBLAS_THREADS}" for lib in openblas()]
+    aten = ATEN_CAPABILITY.upper()
+    return _key(torch.__version__, aten, mkl, ONEDNN_ISA, np.__version__, NUMPY_LEVEL, blas)

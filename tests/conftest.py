@@ -1,10 +1,18 @@
 """Session-wide fixtures shared by every component's tests."""
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from synth import cpu
+
+# The test runner is a process synth owns, like the `synth` command: it runs on the pinned CPU code path,
+# so that in-process runs write the bytes the pinned Ray workers and `synth` subprocesses write.
+# tests/test_cpu.py checks processes that are not pinned.
+cpu.pin_process([sys.executable, "-m", "pytest", *sys.argv[1:]])
 
 
 @pytest.fixture(scope="session")

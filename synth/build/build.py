@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from synth import cpu
 from synth.atomic import fsync_dir
 from synth.build.config import ModelConfig, ModelSource, build_spec, config_from_spec
 from synth.errors import SynthError
@@ -86,6 +89,8 @@ def build_model(config: ModelConfig, out_dir: str | Path | None = None, progress
             f"model output directory {target} exists and is not a model of this recipe; "
             "choose an empty or new directory (model.out=DIR) or delete it"
         )
+    if cpu.can_pin() and not os.environ.get(PINNED_CHILD) and not cpu.pinned():
+        return _build_in_pinned_process(config, target, progress)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=_building_prefix(target, os.getpid())))
@@ -111,6 +116,35 @@ def build_model(config: ModelConfig, out_dir: str | Path | None = None, progress
         raise
     log.info("face model %s written (model_id %s)", target, model.model_id)
     return target
+
+
+PINNED_CHILD = "SYNTH_PINNED_BUILD"  # set in the environment of the process `_build_in_pinned_process` starts
+
+
+def _build_in_pinned_process(config: ModelConfig, target: Path, progress: bool) -> Path:
+    """Build in a child process started with synth's CPU pins (`synth.cpu`): a model's bytes, and so its
+    id, must not depend on the CPU or on what the calling process imported first. The recipe travels as
+    its `build_spec` JSON on stdin; the child answers one JSON line ({"path"} or {"error"}) on stdout,
+    its progress bars and log on this process's stderr."""
+    log.info("building in a child process on synth's pinned CPU code path (this one is not, see synth.cpu)")
+    env = {**os.environ, **cpu.pinned_env(), PINNED_CHILD: "1"}
+    child = subprocess.run(
+        [sys.executable, "-m", "synth.build.child", str(target), "1" if progress else "0"],
+        input=json.dumps(build_spec(config)),
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+        check=False,
+    )
+    lines = child.stdout.strip().splitlines()
+    answer = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    if "error" in answer:
+        raise SynthError(answer["error"])
+    if child.returncode != 0 or "path" not in answer:
+        raise RuntimeError(
+            f"the model build's child process failed (exit {child.returncode}); see its log above"
+        )
+    return Path(answer["path"])
 
 
 def _building_stem(target: Path) -> str:

@@ -114,10 +114,13 @@ def config_from_spec(spec: dict[str, Any]) -> ModelConfig:
     version = spec.pop("format_version", None)
     if version != MODEL_FORMAT_VERSION:
         raise ValueError(f"build recipe of format_version {version}, this synth reads {MODEL_FORMAT_VERSION}")
-    anny = spec.pop("anny", None)
+    anny, transfer = spec.pop("anny", None), spec.pop("transfer", None)
+    if transfer is not None:
+        transfer["adult_age_years"] = tuple(transfer["adult_age_years"])
     return ModelConfig(
         source=ModelSource(spec.pop("source")),
         anny=AnnyPriorConfig(**anny) if anny is not None else AnnyPriorConfig(),
+        transfer=TransferConfig(**transfer) if transfer is not None else TransferConfig(),
         flow=FlowConfig(**spec.pop("flow")),
         **spec,
     )

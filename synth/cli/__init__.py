@@ -1,5 +1,8 @@
 """The `synth` command: `synth <subcommand> [args or Hydra overrides]`.
 
+`command()` is the console script: the process is synth's, so it runs on the pinned CPU code path
+(`synth.cpu`). `main(argv)` is the same command for Python callers, in their process as it is.
+
 Each subcommand is a module `synth.cli.<name>` with a `main() -> int | None`; the module is imported only
 when its subcommand runs, so `synth validate` does not pay for torch/diffusers/ray imports it does not use.
 """
@@ -8,6 +11,7 @@ import importlib
 import logging
 import sys
 
+from synth import cpu
 from synth.errors import SynthError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,3 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"synth {name}: error: {err}\n")
         return 2
     return int(code or 0)
+
+
+def command() -> None:
+    """The `synth` console script: pin the CPU code path (`synth.cpu`), then run `main`."""
+    cpu.pin_process([sys.executable, "-m", "synth", *sys.argv[1:]])
+    sys.exit(main())

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from synth.cpu import PINNED_ENV
+from synth.cpu import pinned_env
 from synth.errors import SynthError
 from synth.pipeline.plan import ShardUnit
 from synth.pipeline.shipping import ModelPackage, cached_model, pack_model, unpack_model
@@ -177,8 +177,9 @@ def init_ray(spec: WorkerSpec) -> bool:
         return False
     runtime = spec.cfg.runtime
     address = runtime.address or os.environ.get("RAY_ADDRESS")
-    # Workers start with synth's floating-point pins, before anything (numpy, imported by Ray) reads them.
-    runtime_env = {"env_vars": dict(PINNED_ENV)}
+    # Workers start with synth's floating-point pins, before anything (numpy, imported by Ray) reads them;
+    # the driver's own code path decides no byte of the dataset.
+    runtime_env = {"env_vars": pinned_env()}
     if address:
         ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         log.info("joined the Ray cluster at %s: %s", address, ray.cluster_resources())

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synth.cpu import ATEN_CAPABILITY, MKL_BRANCH, code_path, pinned
+from synth.cpu import can_pin, code_path, pinned, pinned_key
 from synth.errors import SynthError
 from synth.pipeline.config import Executor, GenerateConfig
 from synth.pipeline.plan import (
@@ -125,21 +125,40 @@ def prepare(cfg: GenerateConfig, output_dir: Path | None = None) -> tuple[Worker
                 f"{len(units)}; a dataset cannot shrink in place: choose a new output.dir "
                 "(samples 0..n-1 are the same in any run of this config)"
             )
-    if not pinned():
-        path = code_path()
-        log.warning(
-            "this process runs code path [%s], not synth's pinned one (MKL %s, ATen %s): the geometry "
-            "bytes are reproducible on machines of this kind only (see synth.cpu)",
-            path["key"], MKL_BRANCH, ATEN_CAPABILITY,
-        )  # fmt: skip
     spec = WorkerSpec(
         cfg=cfg,
         model_dir=str(model_dir),
         output_dir=str(out),
         model_id=model.model_id,
-        code_path=code_path()["key"],
+        code_path=run_code_path(cfg)["key"],
     )
     return spec, resuming
+
+
+_WARNED: set[str] = set()  # code-path keys already warned about in this process
+
+
+def run_code_path(cfg: GenerateConfig) -> dict[str, Any]:
+    """The code path the run's geometry is computed on (`synth.cpu`), as run.json records it.
+
+    Under Ray the workers start pinned whatever the driver runs, so it is the pinned path of this
+    installation; the in-process executor computes in this process, on whatever path it runs (a Python
+    caller that imported NumPy first, say): that is recorded, with one warning per process.
+    """
+    if cfg.runtime.executor is not Executor.local and can_pin():
+        here = code_path()
+        return {"key": pinned_key(), "cpu": f"Ray workers (driver on {here['cpu']})", "isa": "pinned"}
+    path = code_path()
+    if can_pin() and not pinned() and path["key"] not in _WARNED:
+        _WARNED.add(path["key"])
+        log.warning(
+            "runtime.executor=local in a process that is not on synth's pinned CPU code path [%s]: the "
+            "dataset is valid, but its geometry bytes match other machines' only where this key matches "
+            "(run `synth generate`, use the Ray executor, or call synth.cpu.pin() before importing NumPy "
+            "or torch; see synth.cpu)",
+            path["key"],
+        )
+    return path
 
 
 def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
@@ -156,7 +175,7 @@ def generate(cfg: GenerateConfig, output_dir: Path | None = None) -> RunSummary:
         _replace(out)
     if out.local is not None:
         out.local.mkdir(parents=True, exist_ok=True)
-    write_run_file(out, fingerprint, to_jsonable(cfg), code_path())
+    write_run_file(out, fingerprint, to_jsonable(cfg), run_code_path(cfg))
     write_dataset_files(out, model.faces, list(model.au_names), landmarks=_landmarks_json(model))
 
     units = shard_units(cfg.num_samples, cfg.output.samples_per_shard)

@@ -53,7 +53,7 @@ class WorkerSpec:
     model_dir: str
     output_dir: str
     model_id: str
-    code_path: str  # the driver's `synth.cpu.code_path()["key"]`; every worker must run the same
+    code_path: str  # the run's `synth.cpu` code-path key; every worker must run the same
 
 
 @dataclass
@@ -70,15 +70,15 @@ class ShardResult:
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def check_code_path(driver: str) -> None:
-    """Refuse to compute geometry on a floating-point code path other than the driver's (`synth.cpu`):
-    on a mixed cluster its shards would differ from the ones any other node writes for the same config."""
+def check_code_path(expected: str) -> None:
+    """Refuse to compute geometry on a floating-point code path other than the run's (`synth.cpu`): on a
+    mixed cluster its shards would differ from the ones any other node writes for the same config."""
     here = code_path()
-    if here["key"] != driver:
-        raise RuntimeError(
-            f"worker on {here['cpu']} ({here['isa']}) runs code path [{here['key']}], the driver runs "
-            f"[{driver}]; its geometry bytes would differ. Give every node the same torch build and an "
-            "AVX2-capable x86-64 CPU, and import synth before running any tensor operation (see synth.cpu)"
+    if here["key"] != expected:
+        raise SynthError(
+            f"worker on {here['cpu']} ({here['isa']}) runs code path [{here['key']}], the run expects "
+            f"[{expected}]; its geometry bytes would differ. Give every node the same torch and NumPy builds "
+            "and an x86-64 CPU with AVX2 and FMA, and start workers through synth (see synth.cpu)"
         )
 
 
