@@ -142,6 +142,9 @@ def numpy_level() -> str:
     return enabled[-1] if enabled else "baseline"
 
 
+_OWN_BLAS_DIRS = ("numpy.libs", "scipy.libs")  # where NumPy's and SciPy's wheels keep their OpenBLAS
+
+
 def openblas() -> list[str]:
     """NumPy's and SciPy's OpenBLAS as "<prefix> <version> <kernels> x<threads>", e.g.
     "libscipy_openblas64_ 0.3.31 Haswell x1" (SciPy's is loaded here if it is installed)."""
@@ -151,10 +154,12 @@ def openblas() -> list[str]:
         import scipy.linalg  # noqa: F401  (loads its own OpenBLAS)
     from threadpoolctl import threadpool_info
 
+    # NumPy's and SciPy's own copies only: other wheels (OpenCV's, say) load theirs as they are imported,
+    # and synth runs no float work on them.
     return sorted(
         f"{lib['prefix']} {lib['version']} {lib.get('architecture')} x{lib['num_threads']}"
         for lib in threadpool_info()
-        if lib["internal_api"] == "openblas"
+        if lib["internal_api"] == "openblas" and Path(lib["filepath"]).parent.name in _OWN_BLAS_DIRS
     )
 
 

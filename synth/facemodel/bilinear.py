@@ -155,37 +155,47 @@ def hosvd(tensor: FaceTensor, variance_id: float, variance_ex: float) -> Hosvd:
     )
 
 
+def pack_core(core: Tensor, block: int) -> Tensor | None:
+    """The flattened core (3N, I*E) packed by MKL for GEMMs of exactly `block` rows, or None where that path
+    does not apply (not float32 on the CPU, or a PyTorch without MKL).
+
+    MKL's packed GEMM (cblas_sgemm_pack / _compute) lays the 3N x I*E matrix out once in its kernels' order
+    instead of on every call: at 64- or 128-row blocks on a 2-core AVX-512 Xeon it is 1.3x faster, and its
+    bytes do not depend on the thread count (the plain GEMM's do). PyTorch exposes it only as the two
+    private ops its compiler uses for frozen linear layers, hence the guard and the plain fallback.
+    """
+    if core.device.type != "cpu" or core.dtype != torch.float32 or not torch.backends.mkl.is_available():
+        return None
+    try:
+        return torch.ops.mkl._mkl_reorder_linear_weight(core.flatten(1).contiguous(), block)
+    except (AttributeError, RuntimeError):  # a build without the op
+        return None
+
+
 def bilinear_decode(
     core: Tensor,
     mean: Tensor,
     w_id: Tensor,
     w_ex: Tensor,
     block: int | None = None,
+    packed: Tensor | None = None,
 ) -> Tensor:
     """core: (3N, I, E), mean: (3N,), w_id: (B, I), w_ex: (B, E) -> vertices (B, N, 3) in metres.
 
     The contraction is one GEMM of the outer products (B, I*E) with the flattened core (3N, I*E): it reads
     the core once per batch instead of once per mesh. With `block`, rows go through GEMMs of exactly
     `block` rows (the last one zero-padded), so each mesh's bytes do not depend on the batch it came in
-    (BLAS picks other kernels, and other summation orders, for other row counts).
-
-    Without a gradient on the CPU, the blocks' GEMMs are NumPy's (OpenBLAS), one thread each, the blocks
-    side by side: synth's pinned processes run OpenBLAS's AVX2 + FMA kernels on every x86-64 CPU with AVX2
-    (`synth.cpu`), where MKL is reproducible only on its SSE2 branch (measured 1.5-2x slower here).
+    (BLAS picks other kernels, and other summation orders, for other row counts). `packed` is
+    `pack_core(core, block)`; it is used when given and no gradient is needed (it has no backward).
     """
     outer = (w_id[:, :, None] * w_ex[:, None, :]).flatten(1)  # (B, I*E)
     flat = core.flatten(1)  # (3N, I*E)
     if block is None:
         return (outer @ flat.T + mean).unflatten(-1, (-1, 3))  # (B, N, 3)
-    on_openblas = core.device.type == "cpu" and not (torch.is_grad_enabled() and outer.requires_grad)
-    if on_openblas:
-        outer = outer.detach()
-        flat_t, mean_np = flat.detach().numpy().T, mean.detach().numpy()  # (I*E, 3N) view, (3N,)
+    if packed is not None and not (torch.is_grad_enabled() and outer.requires_grad):
 
         def gemm(rows: Tensor) -> Tensor:
-            out = np.matmul(rows.numpy(), flat_t)  # (block, 3N)
-            out += mean_np
-            return torch.from_numpy(out)
+            return torch.ops.mkl._mkl_linear(rows, packed, flat, mean, block)
     else:
 
         def gemm(rows: Tensor) -> Tensor:
@@ -194,11 +204,11 @@ def bilinear_decode(
     n = outer.shape[0]
     pad = (-n) % block
     padded = torch.cat([outer, outer.new_zeros(pad, outer.shape[1])]) if pad else outer
-    blocks = padded.split(block)  # row slices of a contiguous (B, I*E): contiguous themselves
+    blocks = padded.split(block)
     workers = min(torch.get_num_threads(), len(blocks))
-    # A multi-threaded GEMM rounds differently with another thread count (MKL's and OpenBLAS's alike,
-    # measured: 1 vs 2 threads), so each block's GEMM runs on one thread and the blocks run side by side
-    # on the caller's threads.
+    # Under synth's pinned MKL branch (synth.cpu) a multi-threaded GEMM rounds differently with another
+    # thread count (measured: 1 vs 2 threads), so each block's GEMM runs on one thread and the blocks run
+    # side by side on the caller's threads.
     with single_thread():
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:

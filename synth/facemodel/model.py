@@ -98,6 +98,8 @@ class FaceModel:
         self.identity_conditional = identity_conditional
         self._check()
         self._model_id: str | None = None
+        self._packed: Tensor | None = None  # `bilinear.pack_core(core, BLOCK)`, made on the first decode
+        self._packed_for: Tensor | None = None
 
     def _check(self) -> None:
         n3, r_id, r_ex = self.core.shape
@@ -185,8 +187,10 @@ class FaceModel:
     # -------------------------------------------------------------------------------------- maths
     def decode(self, w_id: Tensor, w_ex: Tensor) -> Tensor:
         """w_id (B, I), w_ex (B, E) -> vertices (B, N, 3) metres (eq. 9)."""
+        if self._packed_for is not self.core:  # pack once per core tensor (again after `to`)
+            self._packed, self._packed_for = bilinear.pack_core(self.core, BLOCK), self.core
         w_id, w_ex = w_id.to(self.core), w_ex.to(self.core)
-        return bilinear.bilinear_decode(self.core, self.mean, w_id, w_ex, BLOCK)
+        return bilinear.bilinear_decode(self.core, self.mean, w_id, w_ex, BLOCK, self._packed)
 
     def from_latent(self, z_id: Tensor, z_ex: Tensor) -> tuple[Tensor, Tensor]:
         """z_id (B, D_id), z_ex (B, D_ex) -> w_id (B, I), w_ex (B, E) through the inverse flows.
