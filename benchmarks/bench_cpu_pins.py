@@ -4,8 +4,8 @@
     python benchmarks/bench_cpu_pins.py --model DIR            # any built model directory
 
 Runs `FaceModel.sample(n, seed)` (latents, inverse flows, bilinear decode) in two child processes, one
-pinned (`import synth` first, as every synth command does) and one unpinned (MKL and ATen started before
-synth can pin them: the host's fastest branches), rounds interleaved, best of each, and prints meshes/s
+pinned (`synth.cpu.pin()` first, as the `synth` command and Ray workers are) and one unpinned (a Python
+caller's process as it is: the host's fastest branches), rounds interleaved, best of each, and prints meshes/s
 of both with the ratio, the code paths and the hardware.
 """
 
@@ -35,7 +35,8 @@ for _ in range(repeat):
 path = code_path()
 print(json.dumps({{"rate": batch / best, "seconds": best, "key": path["key"], "cpu": path["cpu"]}}))
 """
-UNPINNED = "import torch; torch.ones(8, 8) @ torch.ones(8, 8)  # MKL and ATen start before synth pins them"
+PINNED = "from synth import cpu; cpu.pin()"
+UNPINNED = "import torch; torch.ones(8, 8) @ torch.ones(8, 8)  # MKL and ATen start unpinned"
 
 
 def run(preamble: str, model: str, batch: int, repeat: int) -> dict:
@@ -60,7 +61,7 @@ def main() -> None:
     model = str(args.model or "")
     best: dict[str, dict] = {}
     for _ in range(args.rounds):
-        for name, preamble in (("pinned", ""), ("unpinned", UNPINNED)):
+        for name, preamble in (("pinned", PINNED), ("unpinned", UNPINNED)):
             result = run(preamble, model, args.batch, args.repeat)
             if name not in best or result["rate"] > best[name]["rate"]:
                 best[name] = result
