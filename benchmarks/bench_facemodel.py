@@ -25,11 +25,11 @@ cpu.pin()  # a benchmark is a process of synth's: the pinned code path, as the `
 
 import torch  # noqa: E402  (after the pins)
 
-from synth.build import default_model
-from synth.facemodel import FaceModel
-from synth.facemodel.bilinear import bilinear_decode
-from synth.hardware import cpu_model
-from synth.seeding import Stage, torch_generator
+from synth.build import default_model  # noqa: E402
+from synth.facemodel import FaceModel  # noqa: E402
+from synth.facemodel.bilinear import bilinear_decode  # noqa: E402
+from synth.hardware import cpu_model  # noqa: E402
+from synth.seeding import Stage, torch_generator  # noqa: E402
 
 CLI = [sys.executable, "-m", "synth"]  # the `synth` command (pinned process)
 
