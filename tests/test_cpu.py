@@ -170,7 +170,8 @@ def test_unpinned_processes_differ_within_the_tolerance(tiny_model_dir, baseline
         assert other.keys() == reference.keys()
         assert other != reference, f"unpinned {name} gave the pinned bytes: the emulations show nothing"
         diff = np.abs(meshes(ref_dir) - meshes(out)).max()
-        assert 0 < diff <= 1e-6  # metres: 1 micrometre
+        assert diff <= 1e-6  # metres: 1 micrometre
+        assert diff > 0 or name == "openblas"  # the meshes are MKL's; OpenBLAS reaches cameras and NNLS
         run = json.loads((out / RUN_FILE).read_text())
         assert [p["key"] for p in run["code_paths"]] == [run["code_paths"][0]["key"]] != [pinned_key()]
     assert _meta(ref_dir) != _meta(tmp_path / "openblas" / "ds"), "OpenBLAS does not reach meta.json"
