@@ -4,20 +4,22 @@
     python benchmarks/bench_cpu_pins.py --model DIR            # any built model directory
 
 Runs `FaceModel.sample(n, seed)` (latents, inverse flows, bilinear decode) in two child processes, one
-pinned (`synth.cpu.pin()` first, as the `synth` command and Ray workers are) and one unpinned (a Python
-caller's process as it is: the host's fastest branches), rounds interleaved, best of each, and prints meshes/s
-of both with the ratio, the code paths and the hardware.
+started with synth's pins in its environment (as the `synth` command and Ray workers are) and one with
+none of them (a Python caller's process: the host's fastest branches), rounds interleaved, best of each,
+and prints meshes/s of both with the ratio, the code paths and the hardware.
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+from synth.cpu import PINNED_ENV, pinned_env
+
 CHILD = """
 import json, sys, time
-{preamble}
 import torch
 from synth.cpu import code_path
 from synth.build import default_model
@@ -33,15 +35,16 @@ for _ in range(repeat):
     model.sample(batch, seed=1)
     best = min(best, time.perf_counter() - start)
 path = code_path()
-print(json.dumps({{"rate": batch / best, "seconds": best, "key": path["key"], "cpu": path["cpu"]}}))
+print(json.dumps({"rate": batch / best, "seconds": best, "key": path["key"], "cpu": path["cpu"]}))
 """
-PINNED = "from synth import cpu; cpu.pin()"
-UNPINNED = "import torch; torch.ones(8, 8) @ torch.ones(8, 8)  # MKL and ATen start unpinned"
+UNPINNED_ENV = {key: value for key, value in os.environ.items() if key not in PINNED_ENV}
+ENVS = {"pinned": {**UNPINNED_ENV, **pinned_env()}, "unpinned": UNPINNED_ENV}
 
 
-def run(preamble: str, model: str, batch: int, repeat: int) -> dict:
+def run(env: dict[str, str], model: str, batch: int, repeat: int) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", CHILD.format(preamble=preamble), model, str(batch), str(repeat)],
+        [sys.executable, "-c", CHILD, model, str(batch), str(repeat)],
+        env=env,
         check=True,
         capture_output=True,
         text=True,
@@ -61,8 +64,8 @@ def main() -> None:
     model = str(args.model or "")
     best: dict[str, dict] = {}
     for _ in range(args.rounds):
-        for name, preamble in (("pinned", PINNED), ("unpinned", UNPINNED)):
-            result = run(preamble, model, args.batch, args.repeat)
+        for name, env in ENVS.items():
+            result = run(env, model, args.batch, args.repeat)
             if name not in best or result["rate"] > best[name]["rate"]:
                 best[name] = result
     pinned, unpinned = best["pinned"], best["unpinned"]

@@ -4,9 +4,9 @@ machine or on what the calling script imported first.
 Every numeric library synth uses picks its kernels by the CPU it runs on, and each rounds differently:
 - MKL (PyTorch's GEMMs and LAPACK: the flows, the HOSVD, training) branches on the instruction set and the
   vendor; on AMD EPYC its results also depended on the operands' alignment and a row's block position.
-- OpenBLAS (NumPy's and SciPy's BLAS and LAPACK: the decode GEMM, cameras, NNLS, least squares) picks
-  SkylakeX kernels on AVX-512 CPUs and Haswell or Zen kernels elsewhere, and its GEMMs round differently
-  with another thread count (measured on the decode's 128 x 1296 x 13614 GEMM, 1 vs 2 threads).
+- OpenBLAS (NumPy's and SciPy's BLAS and LAPACK: cameras, NNLS, least squares, TensorLy's SVDs in the
+  build) picks SkylakeX kernels on AVX-512 CPUs and Haswell or Zen kernels elsewhere, and its GEMMs round
+  differently with another thread count (measured on a 128 x 1296 x 13614 SGEMM, 1 vs 2 threads).
 - ATen's vectorised element-wise and reduction kernels (exp, tanh, sums) have AVX2 and AVX-512 versions;
   oneDNN (ATen's convolutions) compiles its kernels for the host's widest ISA.
 - NumPy dispatches its float functions (sin, cos, exp) to AVX-512 versions where the CPU has them.
@@ -23,7 +23,7 @@ variables (`PINNED_ENV`) set where synth starts a process, before any of them lo
   falls back to AUTO, measured on AMD EPYC). Its results still change with the thread count, so the
   model's GEMMs run one thread each (`synth.facemodel.threads`).
 - `OPENBLAS_CORETYPE=Haswell`, `OPENBLAS_NUM_THREADS=1`: OpenBLAS's AVX2 + FMA kernels, which every AVX2
-  CPU runs, Intel or AMD, on one thread per call (blocks of rows run side by side instead).
+  CPU runs, Intel or AMD, on one thread.
 - `ATEN_CPU_CAPABILITY=avx2`, `ONEDNN_MAX_CPU_ISA=AVX2`: ATen's and oneDNN's AVX2 kernels.
 - `NPY_DISABLE_CPU_FEATURES`: NumPy's AVX-512 dispatch targets off.
 `code_path()` reads back what is in force; its key names every one of these, and the pipeline records
@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import os
 import platform
+import sys
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -108,8 +109,6 @@ def pin_process(argv: list[str]) -> None:
     """For an entry point that owns its process (the `synth` command, the test runner): pin it. Nothing
     numeric is loaded yet when such a process starts, so setting the environment is enough; if something
     was (a sitecustomize, an embedding program), the process re-executes `argv` with the pins."""
-    import sys
-
     if env_is_pinned():
         return
     if any(name in sys.modules for name in _NUMERIC):
@@ -145,22 +144,31 @@ def numpy_level() -> str:
 _OWN_BLAS_DIRS = ("numpy.libs", "scipy.libs")  # where NumPy's and SciPy's wheels keep their OpenBLAS
 
 
-def openblas() -> list[str]:
-    """NumPy's and SciPy's OpenBLAS as "<prefix> <version> <kernels> x<threads>", e.g.
-    "libscipy_openblas64_ 0.3.31 Haswell x1" (SciPy's is loaded here if it is installed)."""
+def _openblas_libs() -> list[dict[str, Any]]:
+    """threadpoolctl's records of NumPy's and SciPy's OpenBLAS (SciPy's is loaded here if installed).
+    Other wheels (OpenCV's, say) load their own copies as they are imported; synth runs no float work on
+    them, so they are left out."""
     import numpy  # noqa: F401  (loads its OpenBLAS)
 
     with contextlib.suppress(ImportError):
         import scipy.linalg  # noqa: F401  (loads its own OpenBLAS)
     from threadpoolctl import threadpool_info
 
-    # NumPy's and SciPy's own copies only: other wheels (OpenCV's, say) load theirs as they are imported,
-    # and synth runs no float work on them.
-    return sorted(
-        f"{lib['prefix']} {lib['version']} {lib.get('architecture')} x{lib['num_threads']}"
+    return [
+        lib
         for lib in threadpool_info()
         if lib["internal_api"] == "openblas" and Path(lib["filepath"]).parent.name in _OWN_BLAS_DIRS
-    )
+    ]
+
+
+def _blas_label(lib: dict[str, Any], kernels: str | None, threads: int) -> str:
+    return f"{lib['prefix']} {lib['version']} {kernels} x{threads}"
+
+
+def openblas() -> list[str]:
+    """NumPy's and SciPy's OpenBLAS as "<prefix> <version> <kernels> x<threads>", e.g.
+    "libscipy_openblas 0.3.31.188.0 Haswell x1"."""
+    return sorted(_blas_label(lib, lib.get("architecture"), lib["num_threads"]) for lib in _openblas_libs())
 
 
 def _key(
@@ -223,6 +231,6 @@ def pinned_key() -> str:
     import torch
 
     mkl = MKL_BRANCH if torch.backends.mkl.is_available() else "none"
-    blas = [lib.rsplit(" ", 2)[0] + f" {OPENBLAS_CORE} x{OPENBLAS_THREADS}" for lib in openblas()]
+    blas = sorted(_blas_label(lib, OPENBLAS_CORE, OPENBLAS_THREADS) for lib in _openblas_libs())
     aten = ATEN_CAPABILITY.upper()
     return _key(torch.__version__, aten, mkl, ONEDNN_ISA, np.__version__, NUMPY_LEVEL, blas)

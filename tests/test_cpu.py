@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from synth.build.build import PINNED_CHILD
 from synth.cpu import PINNED_ENV, code_path, cpu_flags, pinned, pinned_env, pinned_key
 from synth.errors import SynthError
 from synth.pipeline.plan import RUN_FILE, write_run_file
@@ -189,7 +190,7 @@ def test_the_tiny_model_id_does_not_depend_on_the_cpu_or_the_caller(tiny_model_d
     assert _model_id(tmp_path / "cli") == reference
     _child(NUMPY_FIRST + UNPINNED + API, [*build, f"model.out={tmp_path / 'api'}"], {}, tmp_path)
     assert _model_id(tmp_path / "api") == reference
-    control = {**PINNED_ENV, "OPENBLAS_CORETYPE": "Prescott", "SYNTH_PINNED_BUILD": "1"}
+    control = {**PINNED_ENV, "OPENBLAS_CORETYPE": "Prescott", PINNED_CHILD: "1"}  # no pinned child
     _child(API, [*build, f"model.out={tmp_path / 'control'}"], control, tmp_path)
     assert _model_id(tmp_path / "control") != reference
 
