@@ -1,16 +1,23 @@
-"""Face model throughput: batched sample + decode vs a per-sample loop, and build wall time / peak memory.
+"""Face model throughput: batched sample + decode vs a per-sample loop, on synth's pinned CPU code path and
+on the host's own, and build wall time / peak memory.
 
     python benchmarks/bench_facemodel.py                       # the default model (built if absent)
     python benchmarks/bench_facemodel.py --model DIR           # any built model directory
     python benchmarks/bench_facemodel.py --build tiny          # also time `synth build-model model=tiny`
 
-Prints meshes/s of `FaceModel.sample(n, seed)` (latents, inverse flows, bilinear decode; batched, in
-fixed blocks) against a per-sample loop doing the same work one mesh at a time without blocking (the
-baseline), both measured in this run, with the ratio, absolute numbers and the hardware.
+Two child processes run the same measurements, one started with synth's pins in its environment (as
+the `synth` command and Ray workers are, `synth.cpu`) and one with none of them (a Python caller's
+process: the host's fastest branches), `--rounds` times interleaved, best of each. Printed for both:
+meshes/s of `FaceModel.sample(n, seed)` (latents, inverse flows, bilinear decode; batched), of a
+per-sample loop doing the same work one mesh at a time without blocking (the baseline), and of the
+public API called once per sample; then the ratios batched / loop and pinned / unpinned, with the
+absolute numbers and the hardware.
 """
 
 import argparse
+import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -19,17 +26,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from synth import cpu
+import torch
 
-cpu.pin()  # a benchmark is a process of synth's: the pinned code path, as the `synth` command runs it
-
-import torch  # noqa: E402  (after the pins)
-
-from synth.build import default_model  # noqa: E402
-from synth.facemodel import FaceModel  # noqa: E402
-from synth.facemodel.bilinear import bilinear_decode  # noqa: E402
-from synth.hardware import cpu_model  # noqa: E402
-from synth.seeding import Stage, torch_generator  # noqa: E402
+from synth.build import default_model
+from synth.cpu import PINNED_ENV, code_path, pinned_env
+from synth.facemodel import FaceModel
+from synth.facemodel.bilinear import bilinear_decode
+from synth.hardware import cpu_model
+from synth.seeding import Stage, torch_generator
 
 CLI = [sys.executable, "-m", "synth"]  # the `synth` command (pinned process)
 
@@ -72,20 +76,8 @@ def bench_build(preset: str) -> dict[str, float]:
     return {"wall_s": wall, "peak_rss_gib": peak_kib / 2**20}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--model", type=Path, default=None, help="model directory (default: the default model)"
-    )
-    parser.add_argument("--batch", type=int, default=256, help="meshes per batched call")
-    parser.add_argument("--loop", type=int, default=64, help="meshes in the per-sample loop")
-    parser.add_argument("--repeat", type=int, default=7, help="interleaved rounds; best of each")
-    parser.add_argument("--build", default=None, help="also time `synth build-model model=PRESET`")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-
+def measure(args: argparse.Namespace) -> dict[str, float | str]:
+    """The child's measurements: meshes/s batched, in the per-sample loop and through the public API."""
     model = FaceModel.load(args.model) if args.model else default_model()
     torch.set_grad_enabled(False)
     model.sample(8, seed=0)  # warm-up
@@ -98,26 +90,66 @@ def main() -> None:
         },
         args.repeat,
     )
-    batched_rate, loop_rate, api_rate = (
-        args.batch / best["batched"],
-        args.loop / best["loop"],
-        n_api / best["api"],
-    )
+    return {
+        "batched": args.batch / best["batched"],
+        "loop": args.loop / best["loop"],
+        "api": n_api / best["api"],
+        "model": f"{model.model_id}, N={model.n_vertices}, w_id {model.rank_id}, w_ex {model.rank_ex}, "
+        f"z_id {model.dim_z_id}, z_ex {model.dim_z_ex}",
+        "key": code_path()["key"],
+        "threads": torch.get_num_threads(),
+    }
 
-    print(f"hardware: {cpu_model()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
-    print(
-        f"model: {model.model_id}, N={model.n_vertices}, w_id {model.rank_id}, w_ex {model.rank_ex}, "
-        f"z_id {model.dim_z_id}, z_ex {model.dim_z_ex}"
+
+def child(path: str, argv: list[str]) -> dict:
+    unpinned = {key: value for key, value in os.environ.items() if key not in PINNED_ENV}
+    env = {**unpinned, **pinned_env()} if path == "pinned" else unpinned
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *argv], env=env, check=True, capture_output=True, text=True
     )
-    print(
-        f"batched sample+decode: {batched_rate:9.1f} meshes/s  (batch {args.batch}, {best['batched']:.3f} s)"
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    print(f"per-sample loop:       {loop_rate:9.1f} meshes/s  ({args.loop} meshes, {best['loop']:.3f} s)")
-    print(f"ratio batched / loop:  {batched_rate / loop_rate:9.1f} x")
-    # What a user gets calling the public API one sample at a time: each call pays for a whole fixed
-    # BLOCK-row block (the price of batch-independent bytes), so this ratio is larger than the one above.
-    print(f"public API, one sample per call: {api_rate:9.1f} meshes/s  ({n_api} calls, {best['api']:.3f} s)")
-    print(f"ratio batched / public-API loop: {batched_rate / api_rate:9.1f} x")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="model directory (default: the default model)"
+    )
+    parser.add_argument("--batch", type=int, default=256, help="meshes per batched call")
+    parser.add_argument("--loop", type=int, default=64, help="meshes in the per-sample loop")
+    parser.add_argument("--repeat", type=int, default=7, help="interleaved rounds per child; best of each")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved pinned / unpinned child pairs")
+    parser.add_argument("--build", default=None, help="also time `synth build-model model=PRESET`")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.child:
+        print(json.dumps(measure(args)))
+        return
+
+    argv = [f"--batch={args.batch}", f"--loop={args.loop}", f"--repeat={args.repeat}"]
+    argv += [f"--model={args.model}"] if args.model else []
+    best: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for path in ("pinned", "unpinned"):
+            result = child(path, argv)
+            best[path] = {k: max(v, best.get(path, {}).get(k, 0.0)) if isinstance(v, float) else v
+                          for k, v in result.items()}  # fmt: skip
+    pinned, unpinned = best["pinned"], best["unpinned"]
+    print(f"hardware: {cpu_model()}, {pinned['threads']} torch threads, torch {torch.__version__}")
+    print(f"model: {pinned['model']}")
+    for path, r in best.items():
+        print(f"{path}: [{r['key']}]")
+        print(f"  batched sample+decode: {r['batched']:9.1f} meshes/s  (batch {args.batch})")
+        print(f"  per-sample loop:       {r['loop']:9.1f} meshes/s  ({args.loop} meshes)")
+        print(f"  ratio batched / loop:  {r['batched'] / r['loop']:9.1f} x")
+        # One sample per call pays for one row unit of the flows' and decoder's GEMMs (8 rows pinned, a
+        # whole 128-row block unpinned: synth.facemodel.threads), so this ratio is larger than the one above.
+        print(f"  public API, one sample per call: {r['api']:9.1f} meshes/s")
+    print(f"ratio pinned / unpinned, batched: {pinned['batched'] / unpinned['batched']:.2f} x")
+    print(f"ratio pinned / unpinned, public API one per call: {pinned['api'] / unpinned['api']:.2f} x")
     if args.build:
         build = bench_build(args.build)
         print(

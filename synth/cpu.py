@@ -4,9 +4,10 @@ machine or on what the calling script imported first.
 Every numeric library synth uses picks its kernels by the CPU it runs on, and each rounds differently:
 - MKL (PyTorch's GEMMs and LAPACK: the flows, the HOSVD, training) branches on the instruction set and the
   vendor; on AMD EPYC its results also depended on the operands' alignment and a row's block position.
-- OpenBLAS (NumPy's and SciPy's BLAS and LAPACK: cameras, NNLS, least squares, TensorLy's SVDs in the
-  build) picks SkylakeX kernels on AVX-512 CPUs and Haswell or Zen kernels elsewhere, and its GEMMs round
-  differently with another thread count (measured on a 128 x 1296 x 13614 SGEMM, 1 vs 2 threads).
+- OpenBLAS (NumPy's and SciPy's BLAS and LAPACK: the decoder on the pinned path, cameras, NNLS, least
+  squares, TensorLy's SVDs in the build) picks SkylakeX kernels on AVX-512 CPUs and Haswell or Zen kernels
+  elsewhere, and its GEMMs round differently with another thread count (measured on a 128 x 1296 x 13614
+  SGEMM, 1 vs 2 threads).
 - ATen's vectorised element-wise and reduction kernels (exp, tanh, sums) have AVX2 and AVX-512 versions;
   oneDNN (ATen's convolutions) compiles its kernels for the host's widest ISA.
 - NumPy dispatches its float functions (sin, cos, exp) to AVX-512 versions where the CPU has them.
@@ -22,8 +23,9 @@ variables (`PINNED_ENV`) set where synth starts a process, before any of them lo
   branch MKL runs on every x86-64 CPU, Intel or not (its AVX2 branch is Intel-only: elsewhere MKL silently
   falls back to AUTO, measured on AMD EPYC). Its results still change with the thread count, so the
   model's GEMMs run one thread each (`synth.facemodel.threads`).
-- `OPENBLAS_CORETYPE=Haswell`, `OPENBLAS_NUM_THREADS=1`: OpenBLAS's AVX2 + FMA kernels, which every AVX2
-  CPU runs, Intel or AMD, on one thread.
+- `OPENBLAS_CORETYPE=SandyBridge`, `OPENBLAS_NUM_THREADS=1`: OpenBLAS's AVX kernels, which every AVX2
+  CPU runs, Intel or AMD, on one thread; unlike its Haswell kernels they give a GEMM row the same bytes
+  whatever rows share the call (`synth.facemodel.threads`), so the decoder runs on them.
 - `ATEN_CPU_CAPABILITY=avx2`, `ONEDNN_MAX_CPU_ISA=AVX2`: ATen's and oneDNN's AVX2 kernels.
 - `NPY_DISABLE_CPU_FEATURES`: NumPy's AVX-512 dispatch targets off.
 `code_path()` reads back what is in force; its key names every one of these, and the pipeline records
@@ -44,7 +46,7 @@ from typing import Any
 MKL_BRANCH = "COMPATIBLE,STRICT"
 ATEN_CAPABILITY = "avx2"
 NUMPY_LEVEL = "X86_V3"  # NumPy's dispatch target for AVX2 + FMA; the ones above it are disabled
-OPENBLAS_CORE = "Haswell"
+OPENBLAS_CORE = "SandyBridge"  # AVX kernels: a row's bytes do not depend on its GEMM call (threads)
 OPENBLAS_THREADS = 1
 ONEDNN_ISA = "AVX2"
 PINNED_ENV = {
@@ -162,12 +164,13 @@ def _openblas_libs() -> list[dict[str, Any]]:
 
 
 def _blas_label(lib: dict[str, Any], kernels: str | None, threads: int) -> str:
-    return f"{lib['prefix']} {lib['version']} {kernels} x{threads}"
+    # lower case: OpenBLAS reads "SandyBridge" from the environment and reports "Sandybridge"
+    return f"{lib['prefix']} {lib['version']} {str(kernels).lower()} x{threads}"
 
 
 def openblas() -> list[str]:
     """NumPy's and SciPy's OpenBLAS as "<prefix> <version> <kernels> x<threads>", e.g.
-    "libscipy_openblas 0.3.31.188.0 Haswell x1"."""
+    "libscipy_openblas 0.3.31.188.0 sandybridge x1"."""
     return sorted(_blas_label(lib, lib.get("architecture"), lib["num_threads"]) for lib in _openblas_libs())
 
 
@@ -219,7 +222,7 @@ def pinned() -> bool:
         and path["aten"] == ATEN_CAPABILITY.upper()
         and path["mkl"] in (MKL_BRANCH, "none")
         and path["numpy"] == NUMPY_LEVEL
-        and all(lib.endswith(f" {OPENBLAS_CORE} x{OPENBLAS_THREADS}") for lib in path["openblas"])
+        and all(lib.endswith(f" {OPENBLAS_CORE.lower()} x{OPENBLAS_THREADS}") for lib in path["openblas"])
         and path["onednn"] == ONEDNN_ISA
     )
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from synth.facemodel.tensor import FaceTensor
-from synth.facemodel.threads import single_thread
+from synth.facemodel.threads import BLOCK, pinned_kernels, row_blocks, single_thread
 
 # Singular values below this fraction of the largest one are numerical zeros (e.g. the symmetrised
 # identities are exact averages of an identity and its mirror, so they add no rank).
@@ -155,8 +155,8 @@ def hosvd(tensor: FaceTensor, variance_id: float, variance_ex: float) -> Hosvd:
     )
 
 
-def pack_core(core: Tensor, block: int) -> Tensor | None:
-    """The flattened core (3N, I*E) packed by MKL for GEMMs of exactly `block` rows, or None where that path
+def pack_core(core: Tensor) -> Tensor | None:
+    """The flattened core (3N, I*E) packed by MKL for GEMMs of exactly `BLOCK` rows, or None where that path
     does not apply (not float32 on the CPU, or a PyTorch without MKL).
 
     MKL's packed GEMM (cblas_sgemm_pack / _compute) lays the 3N x I*E matrix out once in its kernels' order
@@ -167,7 +167,7 @@ def pack_core(core: Tensor, block: int) -> Tensor | None:
     if core.device.type != "cpu" or core.dtype != torch.float32 or not torch.backends.mkl.is_available():
         return None
     try:
-        return torch.ops.mkl._mkl_reorder_linear_weight(core.flatten(1).contiguous(), block)
+        return torch.ops.mkl._mkl_reorder_linear_weight(core.flatten(1).contiguous(), BLOCK)
     except (AttributeError, RuntimeError):  # a build without the op
         return None
 
@@ -177,38 +177,47 @@ def bilinear_decode(
     mean: Tensor,
     w_id: Tensor,
     w_ex: Tensor,
-    block: int | None = None,
+    block: bool = False,
     packed: Tensor | None = None,
 ) -> Tensor:
     """core: (3N, I, E), mean: (3N,), w_id: (B, I), w_ex: (B, E) -> vertices (B, N, 3) in metres.
 
     The contraction is one GEMM of the outer products (B, I*E) with the flattened core (3N, I*E): it reads
-    the core once per batch instead of once per mesh. With `block`, rows go through GEMMs of exactly
-    `block` rows (the last one zero-padded), so each mesh's bytes do not depend on the batch it came in
-    (BLAS picks other kernels, and other summation orders, for other row counts). `packed` is
-    `pack_core(core, block)`; it is used when given and no gradient is needed (it has no backward).
+    the core once per batch instead of once per mesh. With `block`, rows go through the GEMM calls of
+    `threads.row_blocks`, so each mesh's bytes do not depend on the batch it came in.
+
+    Without a gradient, on the CPU in float32, the GEMMs are NumPy's (OpenBLAS's Sandy Bridge kernels,
+    AVX without FMA) on the pinned code path: every AVX2 CPU runs them, Intel or AMD, about 1.8x faster
+    than MKL's reproducible SSE2 branch, and a row's bytes do not depend on the rows beside it. Off that
+    path `packed` (`pack_core(core)`, MKL's packed GEMM for `BLOCK`-row calls) is used when given.
     """
     outer = (w_id[:, :, None] * w_ex[:, None, :]).flatten(1)  # (B, I*E)
     flat = core.flatten(1)  # (3N, I*E)
-    if block is None:
+    if not block:
         return (outer @ flat.T + mean).unflatten(-1, (-1, 3))  # (B, N, 3)
-    if packed is not None and not (torch.is_grad_enabled() and outer.requires_grad):
+    inference = core.device.type == "cpu" and not (torch.is_grad_enabled() and outer.requires_grad)
+    if inference and core.dtype == torch.float32 and pinned_kernels():
+        flat_t, mean_np = flat.detach().numpy().T, mean.detach().numpy()  # (I*E, 3N) view, (3N,)
 
         def gemm(rows: Tensor) -> Tensor:
-            return torch.ops.mkl._mkl_linear(rows, packed, flat, mean, block)
+            out = np.matmul(rows.detach().numpy(), flat_t)  # (rows, 3N)
+            out += mean_np
+            return torch.from_numpy(out)
+    elif inference and packed is not None:
+
+        def gemm(rows: Tensor) -> Tensor:
+            return torch.ops.mkl._mkl_linear(rows, packed, flat, mean, BLOCK)
     else:
 
         def gemm(rows: Tensor) -> Tensor:
             return torch.addmm(mean, rows, flat.T)
 
     n = outer.shape[0]
-    pad = (-n) % block
-    padded = torch.cat([outer, outer.new_zeros(pad, outer.shape[1])]) if pad else outer
-    blocks = padded.split(block)
+    blocks = row_blocks(outer)  # row slices of a contiguous (B', I*E): contiguous themselves
     workers = min(torch.get_num_threads(), len(blocks))
-    # Under synth's pinned MKL branch (synth.cpu) a multi-threaded GEMM rounds differently with another
-    # thread count (measured: 1 vs 2 threads), so each block's GEMM runs on one thread and the blocks run
-    # side by side on the caller's threads.
+    # A multi-threaded GEMM rounds differently with another thread count (MKL's and OpenBLAS's alike,
+    # measured: 1 vs 2 threads), so each block's GEMM runs on one thread (OpenBLAS: pinned to one thread)
+    # and the blocks run side by side on the caller's threads.
     with single_thread():
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:

@@ -20,17 +20,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from synth.facemodel.config import FlowConfig
-from synth.facemodel.threads import single_thread
+from synth.facemodel.threads import row_blocks, single_thread
 
 log = logging.getLogger(__name__)
-
-# Sampling pushes latents through the networks, and coefficients through the decoder, in GEMMs of exactly
-# this many rows, so a sample's bytes do not depend on the batch it came in (see
-# `synth.facemodel.bilinear.bilinear_decode`). 128 amortises the flows' per-call overhead and the
-# decoder's GEMM set-up (flows + decode of 256 samples: 44 ms vs 54 ms at 64 on 2 cores), at the price of
-# ~20 ms instead of ~13 ms for a single sample.
-BLOCK = 128
-
 
 DEGENERATE = 1e-4  # relative variance below which a PCA component is not kept
 
@@ -127,19 +119,19 @@ class LatentFlow(nn.Module):
 
     # The maps compute in the module's dtype (FaceModel keeps its flows in float64: through six affine
     # couplings float32 round-off reached 1.6e-5 in z -> w -> z) and return the input's dtype.
-    def to_z(self, w: Tensor, block: int | None = None) -> Tensor:
+    def to_z(self, w: Tensor, block: bool = False) -> Tensor:
         """w (B, K) -> z (B, D), f of eq. 10."""
         with single_thread():
             transform = self.flow().transform  # built once per call, not per block
             return _blocked(lambda x: transform(self.whiten(x)), w.to(self.pca_mean.dtype), block).to(w.dtype)
 
-    def u_to_z(self, u: Tensor, block: int | None = None) -> Tensor:
+    def u_to_z(self, u: Tensor, block: bool = False) -> Tensor:
         """Whitened PCA coordinates u (B, D) -> z (B, D), the flow alone."""
         with single_thread():
             transform = self.flow().transform
             return _blocked(transform, u.to(self.pca_mean.dtype), block).to(u.dtype)
 
-    def to_w(self, z: Tensor, block: int | None = None) -> Tensor:
+    def to_w(self, z: Tensor, block: bool = False) -> Tensor:
         """z (B, D) -> w (B, K), the exact inverse f^-1 (eq. 15)."""
         with single_thread():
             inverse = self.flow().transform.inv
@@ -158,14 +150,12 @@ class LatentFlow(nn.Module):
         return -(dist.base.log_prob(z) + ladj), z
 
 
-def _blocked(fn: Callable[[Tensor], Tensor], x: Tensor, block: int | None) -> Tensor:
-    """fn over x (B, D) in zero-padded blocks of exactly `block` rows (all at once when block is None)."""
-    if block is None:
+def _blocked(fn: Callable[[Tensor], Tensor], x: Tensor, block: bool) -> Tensor:
+    """fn over x (B, D): in `threads.row_blocks` when `block` (each row's bytes independent of B), else
+    all at once."""
+    if not block:
         return fn(x)
-    n = x.shape[0]
-    pad = (-n) % block
-    padded = torch.cat([x, x.new_zeros(pad, x.shape[1])]) if pad else x
-    return torch.cat([fn(chunk) for chunk in padded.split(block)])[:n]
+    return torch.cat([fn(chunk) for chunk in row_blocks(x)])[: x.shape[0]]
 
 
 def _init_parameters(module: nn.Module, generator: torch.Generator) -> None:

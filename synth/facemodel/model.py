@@ -34,7 +34,8 @@ from synth.errors import SynthError
 from synth.facemodel import bilinear
 from synth.facemodel.conditional import IdentityConditional
 from synth.facemodel.config import MODEL_FORMAT_VERSION
-from synth.facemodel.flows import BLOCK, LatentFlow
+from synth.facemodel.flows import LatentFlow
+from synth.facemodel.threads import pinned_kernels
 from synth.facemodel.topology import triangles_hash
 from synth.seeding import Stage, torch_generator
 
@@ -98,7 +99,8 @@ class FaceModel:
         self.identity_conditional = identity_conditional
         self._check()
         self._model_id: str | None = None
-        self._packed: Tensor | None = None  # `bilinear.pack_core(core, BLOCK)`, made on the first decode
+        self._packed: Tensor | None = None  # `bilinear.pack_core(core)`, made on the first decode off the
+        # pinned code path (where the decoder runs MKL's packed GEMM)
         self._packed_for: Tensor | None = None
 
     def _check(self) -> None:
@@ -187,10 +189,10 @@ class FaceModel:
     # -------------------------------------------------------------------------------------- maths
     def decode(self, w_id: Tensor, w_ex: Tensor) -> Tensor:
         """w_id (B, I), w_ex (B, E) -> vertices (B, N, 3) metres (eq. 9)."""
-        if self._packed_for is not self.core:  # pack once per core tensor (again after `to`)
-            self._packed, self._packed_for = bilinear.pack_core(self.core, BLOCK), self.core
+        if not pinned_kernels() and self._packed_for is not self.core:  # once per core (again after `to`)
+            self._packed, self._packed_for = bilinear.pack_core(self.core), self.core
         w_id, w_ex = w_id.to(self.core), w_ex.to(self.core)
-        return bilinear.bilinear_decode(self.core, self.mean, w_id, w_ex, BLOCK, self._packed)
+        return bilinear.bilinear_decode(self.core, self.mean, w_id, w_ex, True, self._packed)
 
     def from_latent(self, z_id: Tensor, z_ex: Tensor) -> tuple[Tensor, Tensor]:
         """z_id (B, D_id), z_ex (B, D_ex) -> w_id (B, I), w_ex (B, E) through the inverse flows.
@@ -199,8 +201,8 @@ class FaceModel:
         a few hundred codes can send far Gaussian tails (temperature > 1) to absurd coefficients.
         """
         with torch.no_grad():
-            w_id = self.flow_id.to_w(z_id.to(self.core), BLOCK)
-            w_ex = self.flow_ex.to_w(z_ex.to(self.core), BLOCK)
+            w_id = self.flow_id.to_w(z_id.to(self.core), block=True)
+            w_ex = self.flow_ex.to_w(z_ex.to(self.core), block=True)
         for name, w, train in (
             ("identity", w_id, self.identity_coefficients),
             ("expression", w_ex, self.expression_coefficients),
@@ -225,12 +227,13 @@ class FaceModel:
                 "was built by an older synth): rebuild it with synth build-model"
             )
         u = torch.from_numpy(self.identity_conditional.sample_u(age_months, female, e)).to(self.device)
-        return self.flow_id.u_to_z(u, BLOCK).cpu().numpy()
+        return self.flow_id.u_to_z(u, block=True).cpu().numpy()
 
     def to_latent(self, w_id: Tensor, w_ex: Tensor) -> tuple[Tensor, Tensor]:
         """w_id (B, I), w_ex (B, E) -> z_id (B, D_id), z_ex (B, D_ex) through the flows."""
         with torch.no_grad():
-            return self.flow_id.to_z(w_id.to(self.core), BLOCK), self.flow_ex.to_z(w_ex.to(self.core), BLOCK)
+            z_id = self.flow_id.to_z(w_id.to(self.core), block=True)
+            return z_id, self.flow_ex.to_z(w_ex.to(self.core), block=True)
 
     def log_prob(self, w_id: Tensor, w_ex: Tensor) -> tuple[Tensor, Tensor]:
         """Flow log densities (log p(w_id) (B,), log p(w_ex) (B,)) of the coefficients' PCA coordinates;

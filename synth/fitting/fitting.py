@@ -151,7 +151,7 @@ def fit_model_from_face_model(model: FaceModel) -> FitModel:
         )
 
     def decode(w_id: Tensor, w_ex: Tensor) -> Tensor:
-        # Unblocked: `FaceModel.decode` pads every batch to `BLOCK` (128) rows for batch-independent bytes,
+        # Unblocked: `FaceModel.decode` pads every batch to whole row blocks for batch-independent bytes,
         # which a fit does not need and would pay for at every one of its hundreds of evaluations.
         return bilinear_decode(model.core, model.mean, w_id, w_ex)
 

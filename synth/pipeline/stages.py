@@ -28,7 +28,7 @@ import torch
 
 from synth.cpu import code_path
 from synth.errors import SynthError
-from synth.facemodel.flows import BLOCK
+from synth.facemodel.threads import BLOCK
 from synth.labels.au_labels import au_labeller, single_au_deltas
 from synth.pipeline.config import GenerateConfig
 from synth.pipeline.plan import ShardUnit
@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 LATENT_BLOCK = BLOCK
 """Global indices are evaluated by the face model in aligned blocks of this many (see module doc), the
-model's own block (`synth.facemodel.flows.BLOCK`). Shards whose size is a multiple of it compute each block
-once; smaller shards (the default 64) each compute the block they share, a few ms of geometry per shard."""
+model's largest GEMM call (`synth.facemodel.threads.BLOCK`). Shards whose size is a multiple of it compute
+each block once; smaller shards (the default 64) each compute the block they share, a few ms of geometry
+per shard."""
 
 Batch = dict[str, Any]
 

@@ -8,6 +8,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from synth.facemodel import threads
 from synth.facemodel.config import FlowConfig
 from synth.facemodel.flows import EVAL_EVERY, LatentFlow, _split, fit_pca, jacobian_frobenius, train_flow
 
@@ -82,12 +83,19 @@ def test_flow_invertibility_logdet_gradients_and_save_load(trained: tuple[Latent
     assert torch.equal(clone.log_prob(w), flow.log_prob(w))
 
 
-def test_blocked_flow_outputs_do_not_depend_on_the_batch(trained: tuple[LatentFlow, torch.Tensor]) -> None:
+@pytest.mark.parametrize("pinned", [True, False])
+def test_blocked_flow_outputs_do_not_depend_on_the_batch(
+    trained: tuple[LatentFlow, torch.Tensor], pinned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pinned (the test runner): calls of any multiple of 8 rows; unpinned: calls of exactly BLOCK rows."""
+    assert threads.pinned_kernels()
+    monkeypatch.setattr(threads, "pinned_kernels", lambda: pinned)
     flow, _ = trained
-    z = torch.randn(70, flow.dim_z, generator=torch.Generator().manual_seed(4))
-    full = flow.to_w(z, block=16)
-    for rows in ([0], [69, 3], list(range(10, 40))):
-        assert torch.equal(flow.to_w(z[rows], block=16), full[rows])
+    z = torch.randn(300, flow.dim_z, generator=torch.Generator().manual_seed(4))
+    full = flow.to_w(z, block=True)
+    for rows in ([0], [299, 3], list(range(10, 40)), list(range(100, 237))):
+        assert torch.equal(flow.to_w(z[rows], block=True), full[rows])
+        assert torch.equal(flow.to_z(full[rows], block=True), flow.to_z(full, block=True)[rows])
 
 
 def test_pca_keeps_the_requested_variance() -> None:
