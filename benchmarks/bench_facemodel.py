@@ -35,7 +35,7 @@ from synth.facemodel.bilinear import bilinear_decode
 from synth.hardware import cpu_model
 from synth.seeding import Stage, torch_generator
 
-CLI = [sys.executable, "-m", "synth"]  # the `synth` command (pinned process)
+CLI = [sys.executable, "-m", "synth.cli"]  # the `synth` command (pinned process)
 
 
 def per_sample_loop(model: FaceModel, n: int, seed: int) -> None:

@@ -58,5 +58,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def command() -> None:
     """The `synth` console script: pin the CPU code path (`synth.cpu`), then run `main`."""
-    cpu.pin_process([sys.executable, "-m", "synth", *sys.argv[1:]])
+    cpu.pin_process([sys.executable, "-m", "synth.cli", *sys.argv[1:]])
     sys.exit(main())
