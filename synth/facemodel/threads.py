@@ -30,10 +30,10 @@ def pinned_kernels() -> bool:
 
 
 def row_blocks(x: Tensor) -> list[Tensor]:
-    """x (B, ...) zero-padded to a multiple of the row unit (`PINNED_UNIT` on the pinned path, else
+    """x (B, ...) zero-padded to a multiple of the row unit (`PINNED_UNIT` on the pinned CPU path, else
     `BLOCK`) and cut into calls of at most `BLOCK` rows: the call shapes under which each row's bytes do
     not depend on B."""
-    unit = PINNED_UNIT if pinned_kernels() else BLOCK
+    unit = PINNED_UNIT if x.device.type == "cpu" and pinned_kernels() else BLOCK  # GPUs: whole blocks
     pad = (-x.shape[0]) % unit
     padded = torch.cat([x, x.new_zeros(pad, *x.shape[1:])]) if pad else x
     return list(padded.split(BLOCK))
