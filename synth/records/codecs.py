@@ -19,6 +19,9 @@ import numpy as np
 
 from synth.records.schema import DEPTH_MAX_M, LATENT_NAMES, Encoding
 
+# Decoders run inside DataLoader workers: one OpenCV thread each, the workers give the parallelism.
+cv2.setNumThreads(1)
+
 
 class DecodeError(ValueError):
     """A member's bytes are not a valid file of its encoding."""

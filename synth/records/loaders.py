@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 import webdataset as wds
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from synth.errors import SynthError
 from synth.records.reader import RawSample, RecordError, check_crc, decode_raw, iter_raw_samples, shard_label
@@ -337,10 +336,6 @@ class _Decode(wds.PipelineStage):
         self.keys, self.on_error = keys, on_error
 
     def run(self, src: Iterable[RawSample]) -> Iterator[dict[str, Any]]:
-        if get_worker_info() is not None:
-            # A DataLoader worker process (the loader's own): one OpenCV thread each, the workers give the
-            # parallelism. In the caller's process OpenCV keeps the caller's setting.
-            cv2.setNumThreads(1)
         for raw in src:
             try:
                 sample = decode_raw(raw, self.keys)
